@@ -1,0 +1,257 @@
+"""asyncio adapter: an LDC channel over a Unix SOCK_SEQPACKET connection.
+
+The thin edge around `Channel`: it reads records, feeds the state machine,
+writes what the machine emits, and turns events into awaitables. Shared
+memory travels as memfds (SCM_RIGHTS) beside the packets.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import logging
+import os
+import socket
+from typing import Union
+
+from ..errors import BackendError, LinkDownError
+from . import records
+from .channel import RESET, Channel, LinkReset, LinkUp, MessageReceived, ProtocolViolation
+from .constants import Mode
+from .memory import Export, PeerMemory, Segment
+from .raw import RawChannel
+from .shm import SharedMemory
+
+log = logging.getLogger(__name__)
+
+MAX_FDS_PER_RECORD = 1
+RECORDS_PER_WAKEUP = 64
+HIGH_WATER = 256 * 1024  # bytes queued for the socket before send_message() waits
+
+
+class LdcEndpoint:
+    """One end of an LDC channel over a connected SOCK_SEQPACKET socket."""
+
+    def __init__(self, sock: socket.socket, channel: Union[Channel, RawChannel], *, table_entries: int = 4096) -> None:
+        self.sock = sock
+        self.channel = channel
+        self.memory = SharedMemory(table_entries)
+        if isinstance(channel, Channel):
+            channel._on_reset = self.memory.table.revoke_all  # no cookie outlives its session
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self._queued_bytes = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._messages: asyncio.Queue[Union[bytes, LinkReset]] = asyncio.Queue()
+        self._up = asyncio.Event()
+        self.closed = False
+        self.last_reset: str | None = None
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._send_record(records.encode_map_table(table_entries), [self.memory.table_fd])
+
+    # ---- the user's side ---------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, path: str, mode: Mode = Mode.UNRELIABLE, **channel_args: object) -> LdcEndpoint:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, path)
+        return cls(sock, _make_channel(mode, channel_args))
+
+    @classmethod
+    async def accept(cls, listener: socket.socket, mode: Mode = Mode.UNRELIABLE, **channel_args: object) -> LdcEndpoint:
+        listener.setblocking(False)
+        sock, _ = await asyncio.get_running_loop().sock_accept(listener)
+        return cls(sock, _make_channel(mode, channel_args))
+
+    async def open(self, timeout: float | None = 10.0) -> tuple[int, int]:
+        """Bring the link up; returns the negotiated LDC version."""
+        self.channel.open()
+        self._flush()
+        await asyncio.wait_for(self._up.wait(), timeout)
+        return getattr(self.channel, "version", None) or (1, 0)
+
+    async def send_message(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message; waits while too much is queued for the socket."""
+        if self.closed:
+            raise LinkDownError(f"connection closed: {self.last_reset}")
+        self.channel.send(data)
+        self._flush()
+        while not self.closed and (self._queued_bytes > HIGH_WATER or getattr(self.channel, "pending_send", 0)):
+            self._writable.clear()
+            await self._writable.wait()
+
+    async def receive_message(self) -> bytes:
+        """The next message; raises LinkDownError when the link resets first."""
+        item = await self._messages.get()
+        if isinstance(item, LinkReset):
+            raise LinkDownError(f"LDC link reset: {item.reason}")
+        return item
+
+    def allocate_segment(self, size: int) -> Segment:
+        """Memory we can export to the peer (shared with it now)."""
+        segment, fd = self.memory.allocate(size)
+        self._send_record(records.encode_segment(segment.id, segment.size), [fd])
+        return segment
+
+    def export(self, segment: Segment, offset: int, length: int, perms: int, page_code: int = 0) -> Export:
+        return self.memory.table.export(segment, offset, length, perms, page_code)
+
+    @property
+    def peer_memory(self) -> PeerMemory:
+        if self.memory.peer is None:
+            raise LinkDownError("the peer has not shared its map table")
+        return self.memory.peer
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.channel.close()
+        self._flush()
+        self._shutdown("closed locally")
+
+    # ---- the socket's side ---------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        for _ in range(RECORDS_PER_WAKEUP):
+            try:
+                data, ancdata, flags, _ = self.sock.recvmsg(records.MAX_RECORD + 1, socket.CMSG_SPACE(4 * MAX_FDS_PER_RECORD))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._peer_gone(f"socket error: {exc}")
+                return
+            fds = _fds_from(ancdata)
+            if not data and not fds:
+                self._peer_gone("peer closed the connection")
+                return
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise records.RecordError("record or its descriptors truncated (too large)")
+                self._handle(records.decode(data, fds))
+            except BackendError as exc:
+                for fd in fds:
+                    os.close(fd)
+                log.warning("LDC transport: %s; resetting the channel", exc)
+                self.channel.transport_error(str(exc))
+        self._flush()
+        self._dispatch_events()
+
+    def _handle(self, record: records.Record) -> None:
+        if isinstance(record, records.Packets):
+            self.channel.receive(record.data)
+        elif isinstance(record, records.Reset):
+            self.channel.peer_reset()
+        elif isinstance(record, records.MapTableShared):
+            try:
+                self.memory.peer_table(record.entries, record.fd)
+            finally:
+                os.close(record.fd)
+        else:
+            try:
+                self.memory.peer_segment(record.segment_id, record.size, record.fd)
+            finally:
+                os.close(record.fd)
+
+    def _dispatch_events(self) -> None:
+        for event in self.channel.take_events():
+            if isinstance(event, MessageReceived):
+                self._messages.put_nowait(event.data)
+            elif isinstance(event, LinkUp):
+                self._up.set()
+            elif isinstance(event, LinkReset):
+                self._up.clear()
+                self.last_reset = event.reason
+                log.info("LDC link reset (%s): %s", "by peer" if event.by_peer else "locally", event.reason)
+                self._messages.put_nowait(event)
+            elif isinstance(event, ProtocolViolation):
+                log.warning("LDC protocol violation by the peer: %s", event.reason)
+
+    def _flush(self) -> None:
+        """Move the channel's output into records and push them to the socket."""
+        batch: list[bytes] = []
+        for item in self.channel.take_output():
+            if item is RESET:
+                self._queue_records(records.encode_packets(batch))
+                batch = []
+                self._queue_records([records.encode_reset()])
+            else:
+                batch.append(item)  # type: ignore[arg-type]
+        self._queue_records(records.encode_packets(batch))
+        self._write()
+
+    def _send_record(self, record: bytes, fds: list[int]) -> None:
+        self._queue.append((record, fds))
+        self._queued_bytes += len(record)
+        self._write()
+
+    def _queue_records(self, encoded: list[bytes]) -> None:
+        for record in encoded:
+            self._queue.append((record, []))
+            self._queued_bytes += len(record)
+
+    def _write(self) -> None:
+        while self._queue and not self.closed:
+            record, fds = self._queue[0]
+            try:
+                if fds:
+                    self.sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    self.sock.send(record)
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self.sock.fileno(), self._on_writable)
+                return
+            except OSError as exc:
+                self._peer_gone(f"socket error: {exc}")
+                return
+            self._queue.popleft()
+            self._queued_bytes -= len(record)
+        if self._queued_bytes <= HIGH_WATER:
+            self._writable.set()
+
+    def _on_writable(self) -> None:
+        self._loop.remove_writer(self.sock.fileno())
+        self._write()
+
+    def _peer_gone(self, reason: str) -> None:
+        self.channel.peer_reset(reason)
+        self._dispatch_events()
+        self._shutdown(reason)
+
+    def _shutdown(self, reason: str) -> None:
+        self.closed = True
+        self.last_reset = self.last_reset or reason
+        self._loop.remove_reader(self.sock.fileno())
+        self._loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.memory.close()
+        self._writable.set()
+        self._messages.put_nowait(LinkReset(reason, by_peer=False))
+
+
+def _make_channel(mode: Mode, channel_args: dict) -> Union[Channel, RawChannel]:
+    if mode is Mode.RAW:
+        return RawChannel()
+    return Channel(mode, **channel_args)  # type: ignore[arg-type]
+
+
+def _fds_from(ancdata: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(array.array("i", payload[:usable]))
+    return fds
+
+
+def listen(path: str) -> socket.socket:
+    """A SOCK_SEQPACKET listener at `path` (replacing a stale socket file)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(path)
+    sock.listen(8)
+    return sock

@@ -1,0 +1,288 @@
+"""LDC shared memory: the exporter's map table, cookies, and the importer's view.
+
+Theory of operation
+-------------------
+On sun4v the hypervisor resolves cookies: each domain registers a map table
+whose entries (MTEs) name a real page and what the peer may do with it, and
+`ldc_copy` / `ldc_mem_map` look a cookie up in the *exporter's* table. We play
+the hypervisor's part with shared memory: the exporter's table lives in a
+buffer the importer can read (over the Unix transport: a memfd), and the
+pages live in *segments* (also memfds) known to both sides by a number.
+
+An MTE keeps the hypervisor's layout: bits 55..13 a "real address", bits
+10..4 permissions, bits 3..0 the page-size code. Our real address is
+(segment number << 36) | offset in the segment. An entry with no permission
+bits is invalid, so clearing an entry revokes it at once for the importer.
+
+Everything the importer reads from the table is untrusted: segment numbers,
+offsets and sizes are checked against what was really shared before any
+byte is touched.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntFlag
+
+from ..errors import GuestError, LinkDownError
+
+COOKIE_CODE_SHIFT = 60
+BASE_PAGE_SHIFT = 13  # 8 KiB, the sun4v base page
+MAX_PAGE_CODE = 3  # 8 KiB, 64 KiB, 512 KiB, 4 MiB
+SEGMENT_SHIFT = 36  # our real address: segment number above, offset below
+MAX_SEGMENT_ID = (1 << (56 - SEGMENT_SHIFT)) - 1
+MAX_SEGMENT_SIZE = 1 << SEGMENT_SHIFT
+MTE_ADDRESS_MASK = 0x0FFF_FFFF_FFFF_E000
+MTE_PAGE_CODE_MASK = 0xF
+MTE = struct.Struct(">Q")
+TRANSPORT_COOKIE = struct.Struct(">QQ")
+
+
+class Perm(IntFlag):
+    """MTE permission bits, as the sun4v hypervisor defines them."""
+
+    READ = 0x010  # direct map, read
+    WRITE = 0x020  # direct map, write
+    EXEC = 0x040
+    IOMMU_READ = 0x080
+    IOMMU_WRITE = 0x100
+    COPY_READ = 0x200  # the importer may copy in (read the page)
+    COPY_WRITE = 0x400  # the importer may copy out (write the page)
+
+    @classmethod
+    def all_bits(cls) -> int:
+        return sum(int(p) for p in cls)
+
+
+#: What a typical read/write buffer grants: copy both ways and direct mapping.
+PERM_RW = Perm.READ | Perm.WRITE | Perm.COPY_READ | Perm.COPY_WRITE
+PERM_RO = Perm.READ | Perm.COPY_READ
+
+
+class CookieError(GuestError):
+    """A cookie names memory that is not (or no longer) shared, or not that way."""
+
+
+def page_shift(code: int) -> int:
+    """log2 of the page size for a page-size code (each code step is x8)."""
+    return BASE_PAGE_SHIFT + 3 * code
+
+
+def make_cookie(code: int, index: int, offset: int) -> int:
+    shift = page_shift(code)
+    if not 0 <= offset < 1 << shift:
+        raise ValueError(f"offset {offset} outside a page of code {code}")
+    return (code << COOKIE_CODE_SHIFT) | (index << shift) | offset
+
+
+def split_cookie(cookie: int) -> tuple[int, int, int]:
+    """(page-size code, map-table index, offset in page) of a cookie."""
+    code = cookie >> COOKIE_CODE_SHIFT
+    shift = page_shift(code)
+    return code, (cookie & ((1 << COOKIE_CODE_SHIFT) - 1)) >> shift, cookie & ((1 << shift) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportCookie:
+    """What goes on the wire: a cookie and how many bytes are valid from it."""
+
+    addr: int
+    size: int
+
+    def encode(self) -> bytes:
+        return TRANSPORT_COOKIE.pack(self.addr, self.size)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, offset: int = 0) -> TransportCookie:
+        if len(data) - offset < TRANSPORT_COOKIE.size:
+            raise CookieError(f"transport cookie truncated: {len(data) - offset} of 16 bytes")
+        return cls(*TRANSPORT_COOKIE.unpack_from(data, offset))
+
+
+class Segment:
+    """A piece of memory one side shares: a number and a writable buffer."""
+
+    def __init__(self, segment_id: int, buffer: bytearray | memoryview | object) -> None:
+        if not 0 < segment_id <= MAX_SEGMENT_ID:
+            raise ValueError(f"segment id {segment_id} out of range 1..{MAX_SEGMENT_ID}")
+        self.id = segment_id
+        self.view = memoryview(buffer).cast("B")  # type: ignore[arg-type]
+        if len(self.view) > MAX_SEGMENT_SIZE:
+            raise ValueError("segment larger than 64 GiB")
+
+    @property
+    def size(self) -> int:
+        return len(self.view)
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One exported buffer: its cookies and the table entries behind them."""
+
+    cookies: tuple[TransportCookie, ...]
+    first_index: int
+    count: int
+
+
+class MapTable:
+    """The exporter's side: allocates table entries and writes MTEs."""
+
+    def __init__(self, buffer: bytearray | memoryview | object) -> None:
+        self._table = memoryview(buffer).cast("B")  # type: ignore[arg-type]
+        if len(self._table) % MTE.size or not self._table:
+            raise ValueError("map table size must be a non-zero multiple of 8 bytes")
+        self.entries = len(self._table) // MTE.size
+        self._used = bytearray(self.entries)
+        self._segments: dict[int, Segment] = {}
+
+    def add_segment(self, segment: Segment) -> None:
+        """Make a segment's pages exportable (the transport shares it with the peer)."""
+        self._segments[segment.id] = segment
+
+    def export(self, segment: Segment, offset: int, length: int, perms: int, page_code: int = 0) -> Export:
+        """Share `length` bytes at `offset` of `segment`; returns the cookies."""
+        if self._segments.get(segment.id) is not segment:
+            raise ValueError(f"segment {segment.id} was not added to this map table")
+        if not 0 <= page_code <= MAX_PAGE_CODE:
+            raise ValueError(f"page-size code {page_code} not in 0..{MAX_PAGE_CODE}")
+        if length <= 0 or offset < 0 or offset + length > segment.size:
+            raise ValueError(f"export of {length} bytes at {offset} outside segment of {segment.size} bytes")
+        if perms & ~Perm.all_bits() or not perms:
+            raise ValueError(f"bad permission bits 0x{perms:x}")
+        shift = page_shift(page_code)
+        first_page = offset >> shift
+        last_page = (offset + length - 1) >> shift
+        if (last_page + 1) << shift > segment.size:
+            raise ValueError(f"segment size {segment.size} is not a whole number of {1 << shift}-byte pages")
+        count = last_page - first_page + 1
+        index = self._allocate(count)
+        for i in range(count):
+            real = (segment.id << SEGMENT_SHIFT) | ((first_page + i) << shift)
+            MTE.pack_into(self._table, (index + i) * MTE.size, real | int(perms) | page_code)
+        # Consecutive entries covering contiguous memory need only one cookie.
+        cookie = TransportCookie(make_cookie(page_code, index, offset & ((1 << shift) - 1)), length)
+        return Export((cookie,), index, count)
+
+    def unmap(self, export: Export) -> None:
+        """Revoke an export: the importer's next access fails."""
+        for index in range(export.first_index, export.first_index + export.count):
+            if not self._used[index]:
+                raise ValueError(f"map table entry {index} is not in use")
+        for index in range(export.first_index, export.first_index + export.count):
+            MTE.pack_into(self._table, index * MTE.size, 0)
+            self._used[index] = 0
+
+    def revoke_all(self) -> None:
+        """Clear every entry (used on channel reset: no cookie outlives a session)."""
+        self._table[:] = bytes(len(self._table))
+        self._used[:] = bytes(self.entries)
+
+    @property
+    def entries_in_use(self) -> int:
+        return sum(self._used)
+
+    def _allocate(self, count: int) -> int:
+        start = self._used.find(bytes(count))
+        if start < 0:
+            raise MemoryError(f"map table full: no {count} consecutive free entries of {self.entries}")
+        self._used[start : start + count] = b"\1" * count
+        return start
+
+
+class PeerMemory:
+    """The importer's side: resolves the peer's cookies through its map table."""
+
+    def __init__(self, table: memoryview | bytes | bytearray, segments: Mapping[int, memoryview]) -> None:
+        self._table: memoryview | None = memoryview(table).cast("B")
+        self._segments: Mapping[int, memoryview] | None = segments
+
+    def revoke(self) -> None:
+        """Forget the peer's memory (channel reset or unmap of everything)."""
+        self._table = None
+        self._segments = None
+
+    def resolve(self, cookies: Iterable[TransportCookie], offset: int, length: int, need: int) -> list[memoryview]:
+        """Views of `length` bytes starting `offset` bytes into the cookies' memory.
+
+        Every page touched must be a valid entry granting `need`; the views
+        cover exactly the bytes asked for, so nothing outside can be reached.
+        """
+        if self._table is None or self._segments is None:
+            raise LinkDownError("peer memory was revoked (channel reset)")
+        if offset < 0 or length < 0:
+            raise CookieError(f"negative offset {offset} or length {length}")
+        runs: list[list] = []  # [segment view, start, length], merged when contiguous
+        remaining = length
+        for cookie in cookies:
+            if remaining == 0:
+                break
+            if offset >= cookie.size:
+                offset -= cookie.size
+                continue
+            take = min(cookie.size - offset, remaining)
+            self._resolve_cookie(cookie, offset, take, need, runs)
+            remaining -= take
+            offset = 0
+        if remaining:
+            raise CookieError(f"cookies cover {length - remaining} of the {length} bytes asked for")
+        return [segment[start : start + size] for segment, start, size in runs]
+
+    def copy_in(self, cookies: Iterable[TransportCookie], offset: int, dest: memoryview | bytearray) -> int:
+        """Copy the peer's memory into `dest` (needs COPY_READ); returns bytes copied."""
+        dest = memoryview(dest).cast("B")
+        position = 0
+        for view in self.resolve(cookies, offset, len(dest), Perm.COPY_READ):
+            dest[position : position + len(view)] = view
+            position += len(view)
+        return position
+
+    def copy_out(self, cookies: Iterable[TransportCookie], offset: int, data: bytes | memoryview) -> int:
+        """Copy `data` into the peer's memory (needs COPY_WRITE); returns bytes copied."""
+        data = memoryview(data).cast("B")
+        position = 0
+        for view in self.resolve(cookies, offset, len(data), Perm.COPY_WRITE):
+            view[:] = data[position : position + len(view)]
+            position += len(view)
+        return position
+
+    def map(self, cookies: Iterable[TransportCookie], length: int, writable: bool) -> list[memoryview]:
+        """Direct views of the peer's memory (needs READ, and WRITE if writable)."""
+        need = Perm.READ | (Perm.WRITE if writable else 0)
+        views = self.resolve(cookies, 0, length, need)
+        return views if writable else [v.toreadonly() for v in views]
+
+    def _resolve_cookie(self, cookie: TransportCookie, offset: int, length: int, need: int, runs: list[list]) -> None:
+        assert self._table is not None and self._segments is not None
+        code, index, page_offset = split_cookie(cookie.addr)
+        if code > MAX_PAGE_CODE:
+            raise CookieError(f"cookie 0x{cookie.addr:016x}: page-size code {code} unknown")
+        shift = page_shift(code)
+        page_size = 1 << shift
+        position = page_offset + offset  # bytes from the start of page `index`
+        index += position >> shift
+        position &= page_size - 1
+        while length:
+            if index >= len(self._table) // MTE.size:
+                raise CookieError(f"cookie 0x{cookie.addr:016x}: map table index {index} out of range")
+            (entry,) = MTE.unpack_from(self._table, index * MTE.size)
+            if entry & MTE_PAGE_CODE_MASK != code or not entry & ~(MTE_ADDRESS_MASK | MTE_PAGE_CODE_MASK):
+                raise CookieError(f"cookie 0x{cookie.addr:016x}: map table entry {index} is not valid (revoked?)")
+            if entry & need != need:
+                raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} lacks permission 0x{need:x}")
+            real = entry & MTE_ADDRESS_MASK
+            segment = self._segments.get(real >> SEGMENT_SHIFT)
+            start = (real & (MAX_SEGMENT_SIZE - 1)) + position
+            take = min(page_size - position, length)
+            if segment is None or start + take > len(segment):
+                raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} points outside shared memory")
+            last = runs[-1] if runs else None
+            if last is not None and last[0] is segment and last[1] + last[2] == start:
+                last[2] += take
+            else:
+                runs.append([segment, start, take])
+            length -= take
+            position = 0
+            index += 1
+
