@@ -21,13 +21,19 @@ direction (data, data ACK/NACK and RDX alike); both ends start at 0, as
 Linux does, so RDX carries seqid 1. A receiver checks seqid == last + 1.
 
 While the link is not up, DATA packets are stale (sent before the peer
-learnt of a reset) and are dropped and counted, not treated as errors.
+learnt of a reset) and handshake packets that do not fit the current state
+are leftovers of an abandoned attempt: both are dropped and counted
+(`dropped_packets`), as illumos does, not treated as errors.
 
 Errors: a packet that breaks the protocol is NACKed when the link is up
-(DATA/NACK, ackid = last good seqid), then the channel resets: partial
-messages are dropped, sequence state is cleared, the peer is told (RESET),
-the user gets a `LinkReset` event, and, if the channel was opened, a new
-VERS restarts the handshake. A VERS INFO at any time restarts it too.
+(DATA/NACK, ackid = last good seqid); then this end resets: partial
+messages are dropped, sequence state is cleared, the peer is told (RESET)
+and the user gets a `LinkReset` event. Exactly one end restarts the
+handshake after a reset, so two restarts never cross: the end that was
+told (peer_reset) sends a new VERS if it was opened; the end that reset
+waits for it. An end that receives a NACK resets quietly, knowing the
+RESET that follows will restart it. A VERS INFO at any time restarts the
+handshake, as the seed says.
 
 Reliable mode (0x03) acknowledges data: the receiver sends DATA/ACK with
 the last in-order seqid after every batch of packets the transport hands
@@ -57,7 +63,7 @@ from .constants import (
     PacketType,
     SubType,
 )
-from .packet import HEADER, RELIABLE_HEADER, Packet, PacketError, control, decode, encode, version_payload
+from .packet import CONTROL_ACKID, HEADER, RELIABLE_HEADER, Packet, PacketError, control, decode, encode, version_payload
 from ..errors import LinkDownError
 
 SEQ_MASK = 0xFFFF_FFFF
@@ -176,7 +182,7 @@ class Channel:
     def close(self) -> None:
         """Take the link down for good and tell the peer."""
         self._opened = False
-        self._reset("closed locally", by_peer=False, notify_peer=True)
+        self._reset("closed locally", by_peer=False, notify_peer=True, restart=False)
 
     @property
     def is_up(self) -> bool:
@@ -228,7 +234,7 @@ class Channel:
 
     def peer_reset(self, reason: str = "peer reset the channel") -> None:
         """The transport saw the peer reset (or vanish)."""
-        self._reset(reason, by_peer=True, notify_peer=False)
+        self._reset(reason, by_peer=True, notify_peer=False, restart=True)
 
     def transport_error(self, reason: str) -> None:
         """The transport got something malformed from the peer: reset as for a bad packet."""
@@ -247,11 +253,12 @@ class Channel:
 
     def _dispatch_control(self, packet: Packet) -> None:
         handler = _HANDSHAKE.get((self.state, packet.ctrl & CTRL_MASK, packet.stype))
-        if handler is None:
-            raise _Violation(
-                f"unexpected {Control(packet.control).name}/{_stype_name(packet.stype)} in state {self.state.value}"
-            )
-        getattr(self, handler)(packet)
+        if handler is not None:
+            getattr(self, handler)(packet)
+        elif self.state is State.UP:
+            raise _Violation(f"unexpected {Control(packet.control).name}/{_stype_name(packet.stype)} on an up link")
+        else:
+            self.dropped_packets += 1  # a leftover of an abandoned handshake attempt
 
     def _on_vers_info(self, packet: Packet) -> None:
         if self.state is not State.DOWN:
@@ -352,7 +359,10 @@ class Channel:
             raise _Violation(f"packet type 0x{ptype:02x} on an up link")
         if stype & (SubType.ACK | SubType.NACK):
             if stype & SubType.NACK:
-                raise _Violation(f"peer NACKed our data (its last good seqid {self._ackid_of(view, offset)})")
+                reason = f"peer NACKed our packets (its last good seqid {self._nack_ackid(view, offset)})"
+                self._events.append(ProtocolViolation(reason))
+                self._reset(reason, by_peer=True, notify_peer=False, restart=False)  # its RESET restarts us
+                return
             self._on_data_ack(self._ackid_of(view, offset))
         self._rcv_nxt = seqid
         if not stype & SubType.INFO:
@@ -387,6 +397,9 @@ class Channel:
 
     def _ackid_of(self, view: memoryview, offset: int) -> int:
         return RELIABLE_HEADER.unpack_from(view, offset)[6] if self._reliable else 0
+
+    def _nack_ackid(self, view: memoryview, offset: int) -> int:
+        return RELIABLE_HEADER.unpack_from(view, offset)[6]  # offset 12 in both modes
 
     def _on_data_ack(self, ackid: int) -> None:
         if not self._reliable:
@@ -440,10 +453,14 @@ class Channel:
         self._unacked_rx = 0
 
     def _nack(self, ptype: int, ctrl: int) -> None:
-        """DATA/NACK naming the last packet we took in order (then we reset)."""
+        """A NACK naming the last packet we took in order (then we reset)."""
         self._snd_nxt = (self._snd_nxt + 1) & SEQ_MASK
-        ptype = ptype if ptype in (PacketType.CTRL, PacketType.DATA) else PacketType.DATA
-        self._emit(Packet(ptype, SubType.NACK, ctrl & CTRL_MASK, 0, self._snd_nxt, self._rcv_nxt))
+        if ptype == PacketType.CTRL:
+            self._emit(control(SubType.NACK, ctrl & CTRL_MASK, seqid=self._snd_nxt, ackid=self._rcv_nxt))
+        elif self._reliable:
+            self._emit(Packet(PacketType.DATA, SubType.NACK, 0, 0, self._snd_nxt, self._rcv_nxt))
+        else:  # the ackid sits at offset 12 as in the reliable layout (Linux does so)
+            self._emit(Packet(PacketType.DATA, SubType.NACK, 0, 0, self._snd_nxt, 0, CONTROL_ACKID.pack(self._rcv_nxt)))
 
     def _check_seq(self, seqid: int) -> None:
         if seqid != (self._rcv_nxt + 1) & SEQ_MASK:
@@ -453,9 +470,9 @@ class Channel:
 
     def _violation(self, reason: str) -> None:
         self._events.append(ProtocolViolation(reason))
-        self._reset(f"protocol error: {reason}", by_peer=False, notify_peer=True)
+        self._reset(f"protocol error: {reason}", by_peer=False, notify_peer=True, restart=False)
 
-    def _reset(self, reason: str, *, by_peer: bool, notify_peer: bool, restart: bool = True) -> None:
+    def _reset(self, reason: str, *, by_peer: bool, notify_peer: bool, restart: bool) -> None:
         was = self.state
         self.state = State.DOWN
         self.version = None

@@ -1,8 +1,12 @@
 """The 64-byte LDC packet: one codec for every type, subtype and mode.
 
-RAW packets are 64 bytes of payload. UNRELIABLE packets carry an 8-byte
-header (type, stype, ctrl, env, seqid); RELIABLE packets add a pad word and
-an ackid, leaving 48 payload bytes. All integers are big-endian.
+RAW packets are 64 bytes of payload. Every other packet starts with an
+8-byte header (type, stype, ctrl, env, seqid). RELIABLE-mode DATA packets
+add a pad word and an ackid, leaving 48 payload bytes. CTRL and ERR packets
+have the same layout in every mode, 56 payload bytes from offset 8: the
+handshake runs before the mode matters, so Linux and illumos put a VERS
+version at offset 8 and an RDX ackid at offset 12 whatever the mode (see
+docs/ldc.md). All integers are big-endian.
 """
 
 from __future__ import annotations
@@ -38,7 +42,11 @@ class PacketError(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """One decoded packet. `payload` is the whole payload area of its mode."""
+    """One decoded packet. `payload` is its whole payload area (see header_size).
+
+    `ackid` is a field of RELIABLE-mode DATA packets only; CTRL packets that
+    acknowledge (RDX) carry it in payload bytes 4..7 (`control_ackid`).
+    """
 
     type: int = 0
     stype: int = 0
@@ -62,9 +70,18 @@ class Packet:
         return VERSION.unpack_from(self.payload, 0)
 
 
+def header_size(ptype: int, mode: Mode) -> int:
+    """Where the payload starts: only RELIABLE DATA packets have the long header."""
+    if mode is Mode.RAW:
+        return 0
+    if mode is Mode.RELIABLE and ptype == PacketType.DATA:
+        return HEADER_SIZE[Mode.RELIABLE]
+    return HEADER_SIZE[Mode.UNRELIABLE]
+
+
 def encode(packet: Packet, mode: Mode) -> bytes:
     """Bytes on the wire for `packet`; the payload is zero-padded to its area."""
-    room = PAYLOAD_SIZE[mode]
+    room = PACKET_SIZE - header_size(packet.type, mode)
     if len(packet.payload) > room:
         raise PacketError(f"payload of {len(packet.payload)} bytes does not fit the {room} bytes of {mode.name} mode")
     payload = packet.payload.ljust(room, b"\0")
@@ -73,7 +90,9 @@ def encode(packet: Packet, mode: Mode) -> bytes:
     for name in ("type", "stype", "ctrl", "env"):
         if not 0 <= getattr(packet, name) <= 0xFF:
             raise PacketError(f"{name}={getattr(packet, name)} does not fit a byte")
-    if mode is Mode.RELIABLE:
+    if packet.ackid and room != PAYLOAD_SIZE[Mode.RELIABLE]:
+        raise PacketError("only RELIABLE-mode DATA packets have an ackid field")
+    if room == PAYLOAD_SIZE[Mode.RELIABLE]:
         return RELIABLE_HEADER.pack(packet.type, packet.stype, packet.ctrl, packet.env, packet.seqid, 0, packet.ackid) + payload
     return HEADER.pack(packet.type, packet.stype, packet.ctrl, packet.env, packet.seqid) + payload
 
@@ -85,8 +104,9 @@ def decode(data: bytes | bytearray | memoryview, mode: Mode) -> Packet:
     if mode is Mode.RAW:
         return Packet(payload=bytes(data))
     ptype, stype, ctrl, env, seqid = HEADER.unpack_from(data, 0)
-    ackid = RELIABLE_HEADER.unpack_from(data, 0)[6] if mode is Mode.RELIABLE else 0
-    packet = Packet(ptype, stype, ctrl, env, seqid, ackid, bytes(data[HEADER_SIZE[mode]:]))
+    start = header_size(ptype, mode)
+    ackid = RELIABLE_HEADER.unpack_from(data, 0)[6] if start == HEADER_SIZE[Mode.RELIABLE] else 0
+    packet = Packet(ptype, stype, ctrl, env, seqid, ackid, bytes(data[start:]))
     check(packet, mode)
     return packet
 
@@ -105,9 +125,21 @@ def check(packet: Packet, mode: Mode) -> None:
         )
 
 
+CONTROL_ACKID = struct.Struct(">4xI")
+
+
 def control(stype: int, ctrl: Control, *, env: int = 0, seqid: int = 0, ackid: int = 0, payload: bytes = b"") -> Packet:
-    """A CTRL packet (handshake)."""
-    return Packet(PacketType.CTRL, stype, ctrl, env, seqid, ackid, payload)
+    """A CTRL packet (handshake); an ackid goes where Linux and illumos put it."""
+    if ackid:
+        if payload:
+            raise ValueError("a control packet carries either a payload or an ackid")
+        payload = CONTROL_ACKID.pack(ackid)
+    return Packet(PacketType.CTRL, stype, ctrl, env, seqid, 0, payload)
+
+
+def control_ackid(packet: Packet) -> int:
+    """The ackid of a CTRL packet (u32 at packet offset 12)."""
+    return CONTROL_ACKID.unpack_from(packet.payload, 0)[1]
 
 
 def version_payload(major: int, minor: int) -> bytes:

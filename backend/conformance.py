@@ -1,0 +1,196 @@
+"""Wire-format conformance: run `sun4v-wire-vectors/1` files against our codecs.
+
+The vectors (see the spec's vectors.md) name a message, its fields and the exact
+bytes a sun4v peer puts on the wire. Each layer registers one small `Codec` per
+message in `REGISTRY`; `run_vector` checks decode(hex) == fields and, unless the
+vector says `"direction": "decode"`, encode(fields) == hex. Fields a vector omits
+(reserved ones) count as zero, so every codec says what its full field set is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ldc import packet as ldc_packet
+from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
+from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
+
+FORMAT = "sun4v-wire-vectors/1"
+DIRECTIONS = ("both", "decode")
+
+Fields = dict[str, Any]
+
+
+class VectorFileError(ValueError):
+    """A vectors file that is not in the format we know: an error, never skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """How one message maps between fields and bytes.
+
+    `decode` gets the vector's fields as a second argument because some inputs are
+    not on the wire (an LDC packet's mode is a channel property); it must only read
+    such out-of-band fields from it. `defaults` returns the full field set, zeroed,
+    for the given (possibly partial) fields; `hex_fields` are byte strings, compared
+    case-insensitively.
+    """
+
+    encode: Callable[[Mapping[str, Any]], bytes]
+    decode: Callable[[bytes, Mapping[str, Any]], Fields]
+    defaults: Callable[[Mapping[str, Any]], Fields]
+    hex_fields: frozenset[str] = field(default_factory=frozenset)
+
+    def expected(self, fields: Mapping[str, Any]) -> Fields:
+        """The vector's fields with omitted ones zeroed and hex lowercased."""
+        full = {**self.defaults(fields), **fields}
+        return {k: v.lower() if k in self.hex_fields and isinstance(v, str) else v for k, v in full.items()}
+
+
+# --- ldc.packet ---------------------------------------------------------------
+#
+# Fields follow the bytes: RAW packets are {mode, payload}; other packets have the
+# 8-byte header fields, and RELIABLE-mode DATA packets also the ackid behind a pad
+# word. CTRL and ERR packets keep their data at offset 8 in every mode (Linux and
+# illumos put a VERS version at 8 and an RDX ackid at 12 whatever the mode), so for
+# them `payload` is the 56 bytes from offset 8 and an RDX ackid is payload bytes 4..7.
+
+_PACKET_HEADER = ("type", "stype", "ctrl", "env", "seqid")
+
+
+def _mode(fields: Mapping[str, Any]) -> Mode:
+    # Mode(...) also turns ints into the enum, which packet.encode/decode compare by identity.
+    return Mode(fields.get("mode", 0))
+
+
+def _has_ackid(mode: Mode, ptype: int) -> bool:
+    return mode is Mode.RELIABLE and ptype == PacketType.DATA
+
+
+def _payload_size(mode: Mode, ptype: int) -> int:
+    if mode is Mode.RAW:
+        return PACKET_SIZE
+    return PACKET_SIZE - HEADER_SIZE[Mode.RELIABLE if _has_ackid(mode, ptype) else Mode.UNRELIABLE]
+
+
+def _packet_defaults(fields: Mapping[str, Any]) -> Fields:
+    mode, ptype = _mode(fields), fields.get("type", 0)
+    names = () if mode is Mode.RAW else _PACKET_HEADER + (("ackid",) if _has_ackid(mode, ptype) else ())
+    return {"mode": int(mode), **dict.fromkeys(names, 0), "payload": "00" * _payload_size(mode, ptype)}
+
+
+def _packet_encode(fields: Mapping[str, Any]) -> bytes:
+    mode, ptype = _mode(fields), fields.get("type", 0)
+    payload = bytes.fromhex(fields["payload"])
+    if len(payload) != _payload_size(mode, ptype):
+        raise ValueError(f"payload is {len(payload)} bytes; this packet's payload area is {_payload_size(mode, ptype)}")
+    if mode is Mode.RAW:
+        return ldc_packet.encode(ldc_packet.Packet(payload=payload), mode)
+    header = {name: fields[name] for name in _PACKET_HEADER}
+    return ldc_packet.encode(ldc_packet.Packet(**header, ackid=fields.get("ackid", 0), payload=payload), mode)
+
+
+def _packet_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+    mode = _mode(context)
+    p = ldc_packet.decode(data, mode)
+    out: Fields = {"mode": int(mode)}
+    if mode is not Mode.RAW:
+        out.update({name: getattr(p, name) for name in _PACKET_HEADER})
+    if _has_ackid(mode, p.type):
+        out["ackid"] = p.ackid
+    out["payload"] = p.payload.hex()
+    return out
+
+
+# --- ldc.transport_cookie -----------------------------------------------------
+
+
+def _cookie_encode(fields: Mapping[str, Any]) -> bytes:
+    return TransportCookie(fields["cookie_addr"], fields["cookie_size"]).encode()
+
+
+def _cookie_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+    # TransportCookie.decode accepts trailing bytes; a vector must be exactly one cookie.
+    if len(data) != TRANSPORT_COOKIE.size:
+        raise ValueError(f"a transport cookie is {TRANSPORT_COOKIE.size} bytes, got {len(data)}")
+    cookie = TransportCookie.decode(data)
+    return {"cookie_addr": cookie.addr, "cookie_size": cookie.size}
+
+
+REGISTRY: dict[str, Codec] = {
+    "ldc.packet": Codec(_packet_encode, _packet_decode, _packet_defaults, frozenset({"payload"})),
+    "ldc.transport_cookie": Codec(
+        _cookie_encode, _cookie_decode, lambda _: {"cookie_addr": 0, "cookie_size": 0}
+    ),
+}
+
+
+# --- running vectors ----------------------------------------------------------
+
+
+def load_vectors(path: str | Path) -> list[dict[str, Any]]:
+    """The vectors of one file; raises VectorFileError if it is not our format."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise VectorFileError(f"{path}: cannot read vectors: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise VectorFileError(f"{path}: unknown vectors format {found!r}, expected {FORMAT!r}")
+    vectors = doc.get("vectors")
+    if not isinstance(vectors, list):
+        raise VectorFileError(f"{path}: 'vectors' must be a list")
+    for i, v in enumerate(vectors):
+        where = f"{path}: vector {i} ({v.get('name', '?') if isinstance(v, dict) else '?'})"
+        if not isinstance(v, dict):
+            raise VectorFileError(f"{where}: not an object")
+        for key, kind in (("name", str), ("message", str), ("fields", dict), ("hex", str)):
+            if not isinstance(v.get(key), kind):
+                raise VectorFileError(f"{where}: '{key}' missing or not a {kind.__name__}")
+        if v.get("direction", "both") not in DIRECTIONS:
+            raise VectorFileError(f"{where}: direction {v['direction']!r} not one of {DIRECTIONS}")
+    return vectors
+
+
+def implemented(vector: Mapping[str, Any]) -> bool:
+    return vector["message"] in REGISTRY
+
+
+def run_vector(vector: Mapping[str, Any]) -> list[str]:
+    """Problems found with one vector (empty: it conforms).
+
+    Raises NotImplementedError for a message with no codec: the caller counts and
+    reports those instead of passing them.
+    """
+    codec = REGISTRY.get(vector["message"])
+    if codec is None:
+        raise NotImplementedError(f"message {vector['message']!r} not implemented")
+    problems: list[str] = []
+    try:
+        data = bytes.fromhex(vector["hex"])
+        expected = codec.expected(vector["fields"])
+    except ValueError as exc:
+        return [f"bad vector: {exc}"]
+    try:
+        decoded = codec.decode(data, vector["fields"])
+    except Exception as exc:  # any failure is a finding about this vector
+        problems.append(f"decode raised {type(exc).__name__}: {exc}")
+    else:
+        for name in sorted(expected.keys() | decoded.keys()):
+            want, got = expected.get(name, "<absent>"), decoded.get(name, "<absent>")
+            if want != got:
+                problems.append(f"decode: field {name}: expected {want!r}, decoded {got!r}")
+    if vector.get("direction", "both") == "decode":
+        return problems
+    try:
+        encoded = codec.encode(expected).hex()
+    except Exception as exc:
+        problems.append(f"encode raised {type(exc).__name__}: {exc}")
+    else:
+        if encoded != data.hex():
+            problems.append(f"encode: expected {data.hex()}, encoded {encoded}")
+    return problems
