@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import socket
-from typing import Union
+from typing import Iterable, Union
 
 from ..errors import BackendError, LinkDownError
 from . import records
@@ -76,9 +76,14 @@ class LdcEndpoint:
 
     async def send_message(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message; waits while too much is queued for the socket."""
+        await self.send_messages((data,))
+
+    async def send_messages(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send several messages with as few socket writes as batching allows."""
         if self.closed:
             raise LinkDownError(f"connection closed: {self.last_reset}")
-        self.channel.send(data)
+        for data in messages:
+            self.channel.send(data)
         self._flush()
         while not self.closed and (self._queued_bytes > HIGH_WATER or getattr(self.channel, "pending_send", 0)):
             self._writable.clear()

@@ -69,13 +69,18 @@ class SegmentShared:
 Record = Union[Packets, Reset, MapTableShared, SegmentShared]
 
 
-def encode_packets(packets: list[bytes]) -> list[bytes]:
-    """Records carrying `packets`, batched up to MAX_PACKETS_PER_RECORD each."""
-    records = []
-    for start in range(0, len(packets), MAX_PACKETS_PER_RECORD):
-        batch = packets[start : start + MAX_PACKETS_PER_RECORD]
-        records.append(RECORD_HEADER.pack(Kind.PACKETS, len(batch)) + b"".join(batch))
-    return records
+def encode_packets(chunks: list[bytes]) -> list[bytes]:
+    """Records carrying the packets in `chunks` (each a multiple of 64 bytes),
+    batched up to MAX_PACKETS_PER_RECORD per record."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) % PACKET_SIZE:
+        raise ValueError(f"{len(data)} bytes are not whole packets")
+    step = MAX_PACKETS_PER_RECORD * PACKET_SIZE
+    view = memoryview(data)
+    return [
+        RECORD_HEADER.pack(Kind.PACKETS, len(view[start : start + step]) // PACKET_SIZE) + view[start : start + step]
+        for start in range(0, len(data), step)
+    ]
 
 
 def encode_reset() -> bytes:

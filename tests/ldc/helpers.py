@@ -20,3 +20,14 @@ def up_pair(mode: Mode = Mode.UNRELIABLE, **kwargs) -> tuple[Channel, Channel]:
 
 def messages(channel: Channel) -> list[bytes]:
     return [e.data for e in channel.take_events() if isinstance(e, MessageReceived)]
+
+
+def split(outputs: list) -> list:
+    """take_output() items with multi-packet chunks split into single packets."""
+    packets: list = []
+    for item in outputs:
+        if isinstance(item, bytes):
+            packets.extend(item[i : i + 64] for i in range(0, len(item), 64))
+        else:
+            packets.append(item)
+    return packets

@@ -22,13 +22,13 @@ from backend.ldc import (
 from backend.ldc.loopback import deliver, pump
 from backend.ldc.packet import Packet, control, decode, encode, version_payload
 
-from .helpers import messages, up_pair
+from .helpers import messages, split, up_pair
 
 MODES = [Mode.UNRELIABLE, Mode.RELIABLE]
 
 
 def packets(channel: Channel) -> list[Packet]:
-    out = channel.take_output()
+    out = split(channel.take_output())
     assert RESET not in out
     return [decode(p, channel.mode) for p in out]
 
@@ -147,14 +147,14 @@ def test_reliable_window_holds_back_and_acks_release() -> None:
     a, b = up_pair(Mode.RELIABLE, window=8, ack_interval=4)
     message = os.urandom(48 * 100)
     a.send(message)
-    first = a.take_output()
+    first = split(a.take_output())
     assert len(first) == 8 and a.pending_send == 48 * 92
     deliver(first, b)
     acks = [decode(p, Mode.RELIABLE) for p in b.take_output()]
     assert all(p.type == PacketType.DATA and p.stype == SubType.ACK for p in acks)
     assert acks[-1].ackid == decode(first[-1], Mode.RELIABLE).seqid
     deliver([encode(p, Mode.RELIABLE) for p in acks], a)
-    assert len(a.take_output()) == 8
+    assert len(split(a.take_output())) == 8
     a2, b2 = up_pair(Mode.RELIABLE, window=8, ack_interval=4)
     a2.send(message)
     pump(a2, b2)
@@ -172,7 +172,7 @@ def test_reliable_ack_for_unsent_data_is_a_violation() -> None:
 def test_sequence_gap_nacks_drops_partial_and_resets(mode: Mode) -> None:
     a, b = up_pair(mode)
     a.send(os.urandom(300))
-    sent = a.take_output()
+    sent = split(a.take_output())
     b.receive(sent[0])
     b.receive(sent[2])  # sent[1] lost
     out = b.take_output()
@@ -230,7 +230,7 @@ def test_oversized_message_is_refused_both_ways() -> None:
 def test_peer_reset_mid_message_drops_partial_and_reconnects() -> None:
     a, b = up_pair()
     a.send(os.urandom(500))
-    out = a.take_output()
+    out = split(a.take_output())
     b.receive(b"".join(out[:3]))
     b.peer_reset("peer vanished")
     assert b.take_events() == [LinkReset("peer vanished", by_peer=True)]
