@@ -149,7 +149,7 @@ class Channel:
         *,
         versions: tuple[tuple[int, int], ...] = SUPPORTED_VERSIONS,
         max_message: int = DEFAULT_MAX_MESSAGE,
-        window: int = 1024,
+        window: int = 4096,
         ack_interval: int = 256,
         on_reset: Callable[[], None] | None = None,
     ) -> None:
@@ -459,8 +459,17 @@ class Channel:
         if not _seq_le(self._acked_upto, ackid) or not _seq_le(ackid, self._snd_nxt):
             raise _Violation(f"ACK for seqid {ackid}, outside the outstanding {self._acked_upto}..{self._snd_nxt}")
         unacked = self._unacked_tx
-        while unacked and _seq_le(unacked[0], ackid):
-            unacked.popleft()
+        while unacked:
+            first, count = unacked[0]
+            if _seq_le((first + count - 1) & SEQ_MASK, ackid):
+                unacked.popleft()
+                self._in_flight -= count
+            else:
+                if _seq_le(first, ackid):
+                    done = ((ackid - first) & SEQ_MASK) + 1
+                    unacked[0] = ((ackid + 1) & SEQ_MASK, count - done)
+                    self._in_flight -= done
+                break
         self._acked_upto = ackid
         self._pump()
 
@@ -473,8 +482,9 @@ class Channel:
         if self.state is not State.UP or not self._backlog:
             return
         room, reliable = self._payload, self._reliable
-        backlog, unacked = self._backlog, self._unacked_tx
-        budget = self.window - len(unacked) if reliable else -1
+        backlog = self._backlog
+        budget = self.window - self._in_flight if reliable else -1
+        first_seq = (self._snd_nxt + 1) & SEQ_MASK
         pack = RELIABLE_HEADER.pack if reliable else HEADER.pack
         seq, ackid = self._snd_nxt, self._rcv_nxt
         blob = bytearray()
@@ -489,7 +499,6 @@ class Channel:
                 seq = (seq + 1) & SEQ_MASK
                 if reliable:
                     blob += pack(_DATA, _INFO, 0, env, seq, 0, ackid)
-                    unacked.append(seq)
                     budget -= 1
                 else:
                     blob += pack(_DATA, _INFO, 0, env, seq)
@@ -502,9 +511,13 @@ class Channel:
                     break
             else:
                 entry[1] = pos
-        self._snd_nxt = seq
         if blob:
             self._output.append(bytes(blob))
+            if reliable:
+                sent = (seq - first_seq + 1) & SEQ_MASK
+                self._unacked_tx.append((first_seq, sent))
+                self._in_flight += sent
+        self._snd_nxt = seq
 
     def _send_ack(self) -> None:
         self._snd_nxt = (self._snd_nxt + 1) & SEQ_MASK
@@ -552,7 +565,8 @@ class Channel:
         self._offered: tuple[int, int] = (0, 0)
         self._partial: bytearray | None = None
         self._backlog: deque[list] = deque()
-        self._unacked_tx: deque[int] = deque()
+        self._unacked_tx: deque[tuple[int, int]] = deque()  # (first seqid, count) of data runs
+        self._in_flight = 0
         self._acked_upto = 0
         self._unacked_rx = 0
 

@@ -9,8 +9,9 @@ the hypervisor's part with shared memory: the exporter's table lives in a
 buffer the importer can read (over the Unix transport: a memfd), and the
 pages live in *segments* (also memfds) known to both sides by a number.
 
-An MTE keeps the hypervisor's layout: bits 55..13 a "real address", bits
-10..4 permissions, bits 3..0 the page-size code. Our real address is
+An MTE keeps the hypervisor's layout: a "real address" under the mask
+0x0fffffffffffe000, permissions in bits 10..4, the page-size code in bits
+3..0. Our real address is
 (segment number << 36) | offset in the segment. An entry with no permission
 bits is invalid, so clearing an entry revokes it at once for the importer.
 
@@ -71,9 +72,13 @@ def page_shift(code: int) -> int:
 
 
 def make_cookie(code: int, index: int, offset: int) -> int:
+    if not 0 <= code <= MAX_PAGE_CODE:
+        raise ValueError(f"page-size code {code} not in 0..{MAX_PAGE_CODE}")
     shift = page_shift(code)
     if not 0 <= offset < 1 << shift:
         raise ValueError(f"offset {offset} outside a page of code {code}")
+    if not 0 <= index < 1 << (COOKIE_CODE_SHIFT - shift):
+        raise ValueError(f"map table index {index} does not fit a cookie of code {code}")
     return (code << COOKIE_CODE_SHIFT) | (index << shift) | offset
 
 
@@ -263,26 +268,37 @@ class PeerMemory:
         position = page_offset + offset  # bytes from the start of page `index`
         index += position >> shift
         position &= page_size - 1
-        while length:
-            if index >= len(self._table) // MTE.size:
-                raise CookieError(f"cookie 0x{cookie.addr:016x}: map table index {index} out of range")
-            (entry,) = MTE.unpack_from(self._table, index * MTE.size)
-            if entry & MTE_PAGE_CODE_MASK != code or not entry & ~(MTE_ADDRESS_MASK | MTE_PAGE_CODE_MASK):
-                raise CookieError(f"cookie 0x{cookie.addr:016x}: map table entry {index} is not valid (revoked?)")
-            if entry & need != need:
-                raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} lacks permission 0x{need:x}")
-            real = entry & MTE_ADDRESS_MASK
-            segment = self._segments.get(real >> SEGMENT_SHIFT)
-            start = (real & (MAX_SEGMENT_SIZE - 1)) + position
+        count = (position + length + page_size - 1) >> shift
+        table_entries = len(self._table) // MTE.size
+        if index + count > table_entries:
+            raise CookieError(f"cookie 0x{cookie.addr:016x}: map table index {max(index, table_entries)} out of range")
+        entries = struct.unpack_from(f">{count}Q", self._table, index * MTE.size)
+        first = entries[0]
+        if count > 1 and list(entries) == list(range(first, first + count * page_size, page_size)):
+            # The common case: consecutive entries for consecutive pages of one segment.
+            self._add_run(cookie, index, first, position, length, need, code, runs)
+            return
+        for entry in entries:
             take = min(page_size - position, length)
-            if segment is None or start + take > len(segment):
-                raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} points outside shared memory")
-            last = runs[-1] if runs else None
-            if last is not None and last[0] is segment and last[1] + last[2] == start:
-                last[2] += take
-            else:
-                runs.append([segment, start, take])
+            self._add_run(cookie, index, entry, position, take, need, code, runs)
             length -= take
             position = 0
             index += 1
 
+    def _add_run(self, cookie: TransportCookie, index: int, entry: int, position: int, length: int, need: int, code: int, runs: list[list]) -> None:
+        """Check one entry (and the bytes after it that it stands for) and record them."""
+        assert self._segments is not None
+        if entry & MTE_PAGE_CODE_MASK != code or not entry & ~(MTE_ADDRESS_MASK | MTE_PAGE_CODE_MASK):
+            raise CookieError(f"cookie 0x{cookie.addr:016x}: map table entry {index} is not valid (revoked?)")
+        if entry & need != need:
+            raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} lacks permission 0x{need:x}")
+        real = entry & MTE_ADDRESS_MASK
+        segment = self._segments.get(real >> SEGMENT_SHIFT)
+        start = (real & (MAX_SEGMENT_SIZE - 1)) + position
+        if segment is None or start + length > len(segment):
+            raise CookieError(f"cookie 0x{cookie.addr:016x}: entry {index} points outside shared memory")
+        last = runs[-1] if runs else None
+        if last is not None and last[0] is segment and last[1] + last[2] == start:
+            last[2] += length
+        else:
+            runs.append([segment, start, length])

@@ -72,6 +72,7 @@ class Packet:
 
 def header_size(ptype: int, mode: Mode) -> int:
     """Where the payload starts: only RELIABLE DATA packets have the long header."""
+    mode = Mode(mode)
     if mode is Mode.RAW:
         return 0
     if mode is Mode.RELIABLE and ptype == PacketType.DATA:
@@ -81,15 +82,16 @@ def header_size(ptype: int, mode: Mode) -> int:
 
 def encode(packet: Packet, mode: Mode) -> bytes:
     """Bytes on the wire for `packet`; the payload is zero-padded to its area."""
+    mode = Mode(mode)
     room = PACKET_SIZE - header_size(packet.type, mode)
     if len(packet.payload) > room:
         raise PacketError(f"payload of {len(packet.payload)} bytes does not fit the {room} bytes of {mode.name} mode")
     payload = packet.payload.ljust(room, b"\0")
     if mode is Mode.RAW:
         return payload
-    for name in ("type", "stype", "ctrl", "env"):
-        if not 0 <= getattr(packet, name) <= 0xFF:
-            raise PacketError(f"{name}={getattr(packet, name)} does not fit a byte")
+    for name, limit in (("type", 0xFF), ("stype", 0xFF), ("ctrl", 0xFF), ("env", 0xFF), ("seqid", 0xFFFF_FFFF), ("ackid", 0xFFFF_FFFF)):
+        if not 0 <= getattr(packet, name) <= limit:
+            raise PacketError(f"{name}={getattr(packet, name)} does not fit its field")
     if packet.ackid and room != PAYLOAD_SIZE[Mode.RELIABLE]:
         raise PacketError("only RELIABLE-mode DATA packets have an ackid field")
     if room == PAYLOAD_SIZE[Mode.RELIABLE]:
@@ -101,6 +103,7 @@ def decode(data: bytes | bytearray | memoryview, mode: Mode) -> Packet:
     """Parse and check one packet; raises PacketError with the reason."""
     if len(data) != PACKET_SIZE:
         raise PacketError(f"LDC packet must be {PACKET_SIZE} bytes, got {len(data)}")
+    mode = Mode(mode)
     if mode is Mode.RAW:
         return Packet(payload=bytes(data))
     ptype, stype, ctrl, env, seqid = HEADER.unpack_from(data, 0)
