@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import socket
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 from ..errors import BackendError, LinkDownError
 from . import records
@@ -33,7 +33,7 @@ HIGH_WATER = 256 * 1024  # bytes queued for the socket before send_message() wai
 class LdcEndpoint:
     """One end of an LDC channel over a connected SOCK_SEQPACKET socket."""
 
-    def __init__(self, sock: socket.socket, channel: Union[Channel, RawChannel], *, table_entries: int = 4096) -> None:
+    def __init__(self, sock: socket.socket, channel: Channel | RawChannel, *, table_entries: int = 4096) -> None:
         self.sock = sock
         self.channel = channel
         self.memory = SharedMemory(table_entries)
@@ -44,7 +44,7 @@ class LdcEndpoint:
         self._queued_bytes = 0
         self._writable = asyncio.Event()
         self._writable.set()
-        self._messages: asyncio.Queue[Union[bytes, LinkReset]] = asyncio.Queue()
+        self._messages: asyncio.Queue[bytes | LinkReset] = asyncio.Queue()
         self._up = asyncio.Event()
         self.closed = False
         self.last_reset: str | None = None
@@ -85,9 +85,13 @@ class LdcEndpoint:
         for data in messages:
             self.channel.send(data)
         self._flush()
-        while not self.closed and (self._queued_bytes > HIGH_WATER or getattr(self.channel, "pending_send", 0)):
+        while not self.closed and (self._queued_bytes > HIGH_WATER or self._held_back()):
             self._writable.clear()
             await self._writable.wait()
+
+    def _held_back(self) -> bool:
+        """Whether a reliable-mode window is holding our data back."""
+        return isinstance(self.channel, Channel) and self.channel.pending_send > 0
 
     async def receive_message(self) -> bytes:
         """The next message; raises LinkDownError when the link resets first."""
@@ -237,7 +241,7 @@ class LdcEndpoint:
         self._messages.put_nowait(LinkReset(reason, by_peer=False))
 
 
-def _make_channel(mode: Mode, channel_args: dict) -> Union[Channel, RawChannel]:
+def _make_channel(mode: Mode, channel_args: dict) -> Channel | RawChannel:
     if mode is Mode.RAW:
         return RawChannel()
     return Channel(mode, **channel_args)  # type: ignore[arg-type]

@@ -43,11 +43,11 @@ unacknowledged and holds the rest back until ACKs arrive.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Union
+from typing import Union
+from collections.abc import Callable
 
 from .constants import (
     CTRL_MASK,
@@ -126,6 +126,23 @@ class _Violation(Exception):
     """Internal: abort processing of the current packet and reset."""
 
 
+class Outbox:
+    """What a sans-I/O channel has for the outside: output for the wire, events for the user."""
+
+    def __init__(self) -> None:
+        self._output: list[Output] = []
+        self._events: list[Event] = []
+
+    def take_output(self) -> list[Output]:
+        """Bytes of whole packets (each item one or more) and RESET signals, in order."""
+        out, self._output = self._output, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+
 _HANDSHAKE: dict[tuple[State, int, int], str] = {
     # (state, control, subtype) -> handler name.  VERS INFO is legal anywhere.
     **{(state, Control.VERS, SubType.INFO): "_on_vers_info" for state in State},
@@ -140,8 +157,20 @@ _HANDSHAKE: dict[tuple[State, int, int], str] = {
 }
 
 
-class Channel:
+class Channel(Outbox):
     """One end of an LDC channel in a given mode."""
+
+    # Per-session state, cleared by every reset (_clear_session).
+    _snd_nxt: int  # last seqid we sent
+    _rcv_nxt: int  # last seqid we accepted
+    _expect_rdx: bool
+    _offered: tuple[int, int]
+    _partial: bytearray | None
+    _backlog: deque[list]  # [message view, bytes already packetized]
+    _unacked_tx: deque[tuple[int, int]]  # (first seqid, count) of data runs not yet ACKed
+    _in_flight: int
+    _acked_upto: int
+    _unacked_rx: int
 
     def __init__(
         self,
@@ -166,8 +195,7 @@ class Channel:
         self._payload = PAYLOAD_SIZE[self.mode]
         self._header = HEADER_SIZE[self.mode]
         self._reliable = self.mode is Mode.RELIABLE
-        self._output: list[Output] = []
-        self._events: list[Event] = []
+        super().__init__()
         self._opened = False
         self.state = State.DOWN
         self.version: tuple[int, int] | None = None
@@ -200,15 +228,6 @@ class Channel:
             raise ValueError(f"message of {len(view)} bytes exceeds max_message {self.max_message}")
         self._backlog.append([view, 0])
         self._pump()
-
-    def take_output(self) -> list[Output]:
-        """Bytes of whole packets (each item one or more) and RESET signals, in order."""
-        out, self._output = self._output, []
-        return out
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
 
     @property
     def pending_send(self) -> int:
@@ -562,10 +581,10 @@ class Channel:
         self._snd_nxt = 0
         self._rcv_nxt = 0
         self._expect_rdx = False
-        self._offered: tuple[int, int] = (0, 0)
-        self._partial: bytearray | None = None
-        self._backlog: deque[list] = deque()
-        self._unacked_tx: deque[tuple[int, int]] = deque()  # (first seqid, count) of data runs
+        self._offered = (0, 0)
+        self._partial = None
+        self._backlog = deque()
+        self._unacked_tx = deque()
         self._in_flight = 0
         self._acked_upto = 0
         self._unacked_rx = 0

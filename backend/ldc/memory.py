@@ -243,7 +243,7 @@ class PeerMemory:
             position += len(view)
         return position
 
-    def copy_out(self, cookies: Iterable[TransportCookie], offset: int, data: bytes | memoryview) -> int:
+    def copy_out(self, cookies: Iterable[TransportCookie], offset: int, data: bytes | bytearray | memoryview) -> int:
         """Copy `data` into the peer's memory (needs COPY_WRITE); returns bytes copied."""
         data = memoryview(data).cast("B")
         position = 0

@@ -131,7 +131,7 @@ def check(packet: Packet, mode: Mode) -> None:
 CONTROL_ACKID = struct.Struct(">4xI")
 
 
-def control(stype: int, ctrl: Control, *, env: int = 0, seqid: int = 0, ackid: int = 0, payload: bytes = b"") -> Packet:
+def control(stype: int, ctrl: int, *, env: int = 0, seqid: int = 0, ackid: int = 0, payload: bytes = b"") -> Packet:
     """A CTRL packet (handshake); an ackid goes where Linux and illumos put it."""
     if ackid:
         if payload:

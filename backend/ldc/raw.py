@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .channel import RESET, Event, LinkReset, LinkUp, MessageReceived, Output
+from .channel import RESET, LinkReset, LinkUp, MessageReceived, Outbox
 from .constants import PACKET_SIZE, Mode
 from ..errors import LinkDownError
 
 
-class RawChannel:
+class RawChannel(Outbox):
     """Up as soon as the transport is; every packet is a 64-byte message.
 
     RAW mode has no link protocol at all (the console uses it), so the
@@ -17,8 +17,7 @@ class RawChannel:
     mode = Mode.RAW
 
     def __init__(self) -> None:
-        self._output: list[Output] = []
-        self._events: list[Event] = []
+        super().__init__()
         self.is_up = False
 
     def open(self) -> None:
@@ -55,10 +54,3 @@ class RawChannel:
         """Malformed input from the peer: RAW mode can only drop the link."""
         self.close()
 
-    def take_output(self) -> list[Output]:
-        out, self._output = self._output, []
-        return out
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events

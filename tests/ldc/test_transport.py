@@ -157,3 +157,10 @@ def test_cli_rejects_bad_arguments() -> None:
     assert result.returncode == 2 and "--socket" in result.stderr
     result = subprocess.run([sys.executable, "-m", "backend", "ldc-echo", "--sizes", "1,x"], capture_output=True, text=True)
     assert result.returncode == 2 and "not a list of sizes" in result.stderr
+
+
+def test_vio_entry_point_is_installed() -> None:
+    vio = os.path.join(os.path.dirname(sys.executable), "vio")
+    result = subprocess.run([vio, "ldc-echo", "--mode", "unreliable", "--sizes", "7", "--shm-size", "64"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "echo        7 bytes: ok" in result.stdout
