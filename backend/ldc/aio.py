@@ -142,10 +142,11 @@ class LdcEndpoint:
                     raise records.RecordError("record or its descriptors truncated (too large)")
                 self._handle(records.decode(data, fds))
             except BackendError as exc:
-                for fd in fds:
-                    os.close(fd)
-                log.warning("LDC transport: %s; resetting the channel", exc)
+                log.warning("LDC transport: %s; resetting the channel", str(exc))
                 self.channel.transport_error(str(exc))
+            finally:
+                for fd in fds:  # mappings keep what they need; the descriptors can go
+                    os.close(fd)
         self._flush()
         self._dispatch_events()
 
@@ -155,15 +156,9 @@ class LdcEndpoint:
         elif isinstance(record, records.Reset):
             self.channel.peer_reset()
         elif isinstance(record, records.MapTableShared):
-            try:
-                self.memory.peer_table(record.entries, record.fd)
-            finally:
-                os.close(record.fd)
+            self.memory.peer_table(record.entries, record.fd)
         else:
-            try:
-                self.memory.peer_segment(record.segment_id, record.size, record.fd)
-            finally:
-                os.close(record.fd)
+            self.memory.peer_segment(record.segment_id, record.size, record.fd)
 
     def _dispatch_events(self) -> None:
         for event in self.channel.take_events():
@@ -231,6 +226,8 @@ class LdcEndpoint:
         self._shutdown(reason)
 
     def _shutdown(self, reason: str) -> None:
+        if self.closed:
+            return
         self.closed = True
         self.last_reset = self.last_reset or reason
         self._loop.remove_reader(self.sock.fileno())

@@ -99,7 +99,7 @@ def decode(data: bytes | memoryview, fds: list[int]) -> Record:
     """Parse one record; `fds` are the descriptors that came with it.
 
     Raises RecordError for anything malformed. The caller owns the fds and
-    closes those a failed record carried.
+    closes them once the record is handled (mapped or refused).
     """
     view = memoryview(data)
     if len(view) < RECORD_HEADER.size:

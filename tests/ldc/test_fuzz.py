@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from hypothesis import HealthCheck, given, settings
@@ -130,3 +131,65 @@ def test_cookie_resolution_never_escapes(cookies: list[tuple[int, int]], offset:
     assert sum(len(v) for v in views) == length
     for view in views:  # every byte reached lies in the exported pages
         assert view.obj is segment.view.obj
+
+
+record_kinds = st.sampled_from([1, 2, 3, 4, 0, 9, 255])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(record_kinds, st.integers(0, 2**32 - 1), st.binary(max_size=300), st.sampled_from(["none", "memfd", "pipe", "two"])),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 1 << 16),
+)
+def test_endpoint_survives_hostile_records(hostile: list, memfd_size: int) -> None:
+    """Whatever records a hostile peer sends, nothing escapes to the event loop and no fd leaks."""
+    import array
+    import asyncio
+    import socket
+
+    from backend.ldc.aio import LdcEndpoint
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        escaped: list = []
+        loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        endpoint = LdcEndpoint(right, Channel(Mode.UNRELIABLE))
+        endpoint.channel.open()
+        for kind, value, body, fds_kind in hostile:
+            fds: list[int] = []
+            if fds_kind in ("memfd", "two"):
+                fd = os.memfd_create("hostile")
+                os.ftruncate(fd, memfd_size)
+                fds.append(fd)
+            if fds_kind in ("pipe", "two"):
+                fds.extend(os.pipe())
+            record = records.RECORD_HEADER.pack(kind, value) + body
+            try:
+                left.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        endpoint.close()
+        left.close()
+        return escaped
+
+    gc.collect()
+    before = sorted(os.listdir("/proc/self/fd"))
+    assert asyncio.run(main()) == []
+    gc.collect()  # an mmap holds a duplicate of its fd until the mapping itself goes
+    after = sorted(os.listdir("/proc/self/fd"))
+    assert after == before, {fd: _describe(fd) for fd in set(after) - set(before)}
+
+
+def _describe(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
