@@ -109,7 +109,8 @@ def test_malformed_records_reset_the_channel_and_it_recovers() -> None:
         peer.channel.open()
         peer._flush()
         await asyncio.gather(endpoint._up.wait(), peer._up.wait())
-        for garbage in (b"\x01", records.RECORD_HEADER.pack(9, 0), records.RECORD_HEADER.pack(1, 2) + bytes(64)):
+        oversized = records.RECORD_HEADER.pack(1, 600) + bytes(600 * 64)
+        for garbage in (b"\x01", records.RECORD_HEADER.pack(9, 0), records.RECORD_HEADER.pack(1, 2) + bytes(64), oversized):
             left.send(garbage)
             with pytest.raises(LinkDownError, match="protocol error"):
                 await endpoint.receive_message()
