@@ -109,6 +109,9 @@ class LdcEndpoint:
     def export(self, segment: Segment, offset: int, length: int, perms: int, page_code: int = 0) -> Export:
         return self.memory.table.export(segment, offset, length, perms, page_code)
 
+    def unmap(self, export: Export) -> None:
+        self.memory.table.unmap(export)
+
     @property
     def peer_memory(self) -> PeerMemory:
         if self.memory.peer is None:

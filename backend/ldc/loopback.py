@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..errors import LinkDownError
 from .channel import RESET, Event, Output
+from .memory import Export, MapTable, PeerMemory, Segment
 
 
 class Endpoint(Protocol):
@@ -38,3 +40,37 @@ def pump(a: Endpoint, b: Endpoint, *, max_rounds: int = 10_000) -> None:
         deliver(out_a, b)
         deliver(out_b, a)
     raise RuntimeError(f"channels still talking after {max_rounds} rounds (livelock?)")
+
+
+class LocalMemory:
+    """Exportable memory for an in-process end (what LdcEndpoint gives over a socket)."""
+
+    def __init__(self, table_entries: int = 4096) -> None:
+        self._table_buffer = bytearray(table_entries * 8)
+        self.table = MapTable(self._table_buffer)
+        self.segments: dict[int, memoryview] = {}
+        self._peer: PeerMemory | None = None
+
+    def allocate_segment(self, size: int) -> Segment:
+        segment = Segment(len(self.segments) + 1, bytearray(size))
+        self.table.add_segment(segment)
+        self.segments[segment.id] = segment.view
+        return segment
+
+    def export(self, segment: Segment, offset: int, length: int, perms: int, page_code: int = 0) -> Export:
+        return self.table.export(segment, offset, length, perms, page_code)
+
+    def unmap(self, export: Export) -> None:
+        self.table.unmap(export)
+
+    @property
+    def peer_memory(self) -> PeerMemory:
+        if self._peer is None:
+            raise LinkDownError("no peer memory linked")
+        return self._peer
+
+    @staticmethod
+    def link(a: LocalMemory, b: LocalMemory) -> None:
+        """Let each end reach what the other exports (the peers share one address space)."""
+        a._peer = PeerMemory(b._table_buffer, b.segments)
+        b._peer = PeerMemory(a._table_buffer, a.segments)
