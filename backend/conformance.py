@@ -18,6 +18,8 @@ from typing import Any
 from .ldc import packet as ldc_packet
 from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
 from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
+from .vio import messages as vio
+from .vio.constants import CTRL_MSG_SIZE
 
 FORMAT = "sun4v-wire-vectors/1"
 DIRECTIONS = ("both", "decode")
@@ -121,10 +123,140 @@ def _cookie_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
     return {"cookie_addr": cookie.addr, "cookie_size": cookie.size}
 
 
+# --- vio.* ---------------------------------------------------------------------
+#
+# Every VIO message starts with the tag, whose fields (type, stype, stype_env, sid)
+# are fields of every vio.* vector. Decoding goes through vio.decode, which picks
+# the class from the tag; the codec then checks it is the class the vector names.
+# Byte-string fields are hex; fixed-size ones (ATTR_INFO payload, DDS body) must
+# have exactly their wire size when encoding.
+
+_TAG_FIELDS = ("type", "stype", "stype_env", "sid")
+
+
+def _tag(fields: Mapping[str, Any]) -> vio.Tag:
+    return vio.Tag(*(fields[name] for name in _TAG_FIELDS))
+
+
+def _tag_out(tag: vio.Tag) -> Fields:
+    return {name: getattr(tag, name) for name in _TAG_FIELDS}
+
+
+def _hex_of_size(fields: Mapping[str, Any], name: str, size: int | None = None) -> bytes:
+    data = bytes.fromhex(fields[name])
+    if size is not None and len(data) != size:
+        raise ValueError(f"{name} is {len(data)} bytes; the message carries exactly {size}")
+    return data
+
+
+def _tag_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+    # A tag alone is no message, so vio.decode does not apply; it must be exactly 8 bytes.
+    if len(data) != vio.TAG.size:
+        raise ValueError(f"a VIO tag is {vio.TAG.size} bytes, got {len(data)}")
+    return _tag_out(vio.decode_tag(data))
+
+
+def _wire_value(value: Any) -> Any:
+    """A decoded attribute as a vector field: bytes as hex, cookies as objects."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, TransportCookie):
+        return {"cookie_addr": value.addr, "cookie_size": value.size}
+    if isinstance(value, tuple):
+        return [_wire_value(v) for v in value]
+    return value
+
+
+def _vio_codec(
+    cls: type,
+    body: Mapping[str, Any],
+    build: Callable[[vio.Tag, Mapping[str, Any]], Any],
+    hex_fields: frozenset[str] = frozenset(),
+    derived: Callable[[Mapping[str, Any]], Fields] = lambda _: {},
+) -> Codec:
+    """A codec for one VIO message class.
+
+    `body` maps the fields after the tag to their zero value (decoded from the
+    attribute of the same name); `build` makes the message from the tag and the
+    full fields; `derived` gives fields that follow from the others (DRING_REG's
+    num_cookies), both as defaults and in the decoded output.
+    """
+
+    def decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+        msg = vio.decode(data)
+        if not isinstance(msg, cls):
+            raise ValueError(f"bytes decode as {type(msg).__name__}, not {cls.__name__}")
+        out = {**_tag_out(msg.tag), **{name: _wire_value(getattr(msg, name)) for name in body}}
+        return {**out, **derived(out)}
+
+    def defaults(fields: Mapping[str, Any]) -> Fields:
+        return {**dict.fromkeys(_TAG_FIELDS, 0), **body, **derived(fields)}
+
+    return Codec(lambda fields: build(_tag(fields), fields).encode(), decode, defaults, hex_fields)
+
+
+def _dring_reg(tag: vio.Tag, f: Mapping[str, Any]) -> vio.DringReg:
+    # num_cookies is on the wire but follows from the array; a vector stating it must agree.
+    cookies = tuple(TransportCookie(c["cookie_addr"], c["cookie_size"]) for c in f["cookies"])
+    if f.get("num_cookies", len(cookies)) != len(cookies):
+        raise ValueError(f"num_cookies {f['num_cookies']} but {len(cookies)} cookies given")
+    return vio.DringReg(tag, f["dring_ident"], f["num_descr"], f["descr_size"], f["options"], cookies)
+
+
+_CTRL_BODY = CTRL_MSG_SIZE - vio.TAG.size  # ATTR_INFO's device payload
+
+
 REGISTRY: dict[str, Codec] = {
     "ldc.packet": Codec(_packet_encode, _packet_decode, _packet_defaults, frozenset({"payload"})),
     "ldc.transport_cookie": Codec(
         _cookie_encode, _cookie_decode, lambda _: {"cookie_addr": 0, "cookie_size": 0}
+    ),
+    "vio.tag": Codec(
+        lambda f: _tag(f).encode(), _tag_decode, lambda _: dict.fromkeys(_TAG_FIELDS, 0)
+    ),
+    "vio.ver_info": _vio_codec(
+        vio.VerInfo,
+        {"major": 0, "minor": 0, "dev_class": 0},
+        lambda t, f: vio.VerInfo(t, f["major"], f["minor"], f["dev_class"]),
+    ),
+    "vio.attr_info": _vio_codec(
+        vio.AttrInfo,
+        {"payload": "00" * _CTRL_BODY},
+        lambda t, f: vio.AttrInfo(t, _hex_of_size(f, "payload", _CTRL_BODY)),
+        frozenset({"payload"}),
+    ),
+    "vio.dring_reg": _vio_codec(
+        vio.DringReg,
+        {"dring_ident": 0, "num_descr": 0, "descr_size": 0, "options": 0, "cookies": []},
+        _dring_reg,
+        derived=lambda f: {"num_cookies": len(f.get("cookies", ()))},
+    ),
+    "vio.dring_unreg": _vio_codec(
+        vio.DringUnreg, {"dring_ident": 0}, lambda t, f: vio.DringUnreg(t, f["dring_ident"])
+    ),
+    "vio.rdx": _vio_codec(vio.Rdx, {}, lambda t, f: vio.Rdx(t)),
+    "vio.dring_data": _vio_codec(
+        vio.DringData,
+        {"seq": 0, "dring_ident": 0, "start_idx": 0, "end_idx": 0, "state": 0},
+        lambda t, f: vio.DringData(t, f["seq"], f["dring_ident"], f["start_idx"], f["end_idx"], f["state"]),
+    ),
+    "vio.desc_data": _vio_codec(
+        vio.DescData,
+        {"seq": 0, "desc_handle": 0, "payload": ""},
+        lambda t, f: vio.DescData(t, f["seq"], f["desc_handle"], _hex_of_size(f, "payload")),
+        frozenset({"payload"}),
+    ),
+    "vio.dds_info": _vio_codec(
+        vio.DdsInfo,
+        {"dds_class": 0, "dds_subclass": 0, "dds_req_id": 0, "body": "00" * vio.DdsInfo.BODY_SIZE},
+        lambda t, f: vio.DdsInfo(
+            t, f["dds_class"], f["dds_subclass"], f["dds_req_id"], _hex_of_size(f, "body", vio.DdsInfo.BODY_SIZE)
+        ),
+        frozenset({"body"}),
+    ),
+    "vio.pkt_data": _vio_codec(
+        vio.PktData, {"seq": 0, "data": ""}, lambda t, f: vio.PktData(t, f["seq"], _hex_of_size(f, "data")),
+        frozenset({"data"}),
     ),
 }
 

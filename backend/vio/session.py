@@ -160,6 +160,7 @@ class Session:
         self._spare_segments: dict[int, list[Segment]] = {}
         self._failures = 0
         self._link_up = False
+        self._next_ident = 1  # never reused, so a late completion cannot hit a new ring
         self.phase = Phase.IDLE
         self._clear()
 
@@ -175,7 +176,6 @@ class Session:
         self._own_exports: list[tuple[Export, Segment]] = []
         self._unacked_regs: list[OwnedRing] = []
         self._peer_rings: dict[int, ImportedRing] = {}
-        self._next_ident = 1
         self._rdx_sent = self._rdx_acked = self._rdx_received = False
         self._tx_seq = {"desc": 0, "pkt": 0}
         self._rx_seq = {"desc": 0, "pkt": 0}
