@@ -185,7 +185,7 @@ def _vio_codec(
     def decode(data: bytes, context: Mapping[str, Any]) -> Fields:
         msg = vio.decode(data)
         if not isinstance(msg, cls):
-            raise ValueError(f"bytes decode as {type(msg).__name__}, not {cls.__name__}")
+            raise TypeError(f"bytes decode as {type(msg).__name__}, not {cls.__name__}")
         out = {**_tag_out(msg.tag), **{name: _wire_value(getattr(msg, name)) for name in body}}
         return {**out, **derived(out)}
 

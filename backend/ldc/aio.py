@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from typing import Protocol
 
 from ..errors import BackendError, LinkDownError
 from . import records
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 MAX_FDS_PER_RECORD = 1
 RECORDS_PER_WAKEUP = 64
 HIGH_WATER = 256 * 1024  # bytes queued for the socket before send_message() waits
+
+
+class Listener(Protocol):
+    """Who takes an endpoint's link events and messages when not read with receive_message()."""
+
+    def ldc_up(self) -> None: ...
+    def ldc_reset(self, reason: str) -> None: ...
+    def ldc_message(self, data: bytes) -> None: ...
 
 
 class LdcEndpoint:
@@ -48,6 +57,7 @@ class LdcEndpoint:
         self._up = asyncio.Event()
         self.closed = False
         self.last_reset: str | None = None
+        self._listener: Listener | None = None
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._send_record(records.encode_map_table(table_entries), [self.memory.table_fd])
@@ -150,8 +160,8 @@ class LdcEndpoint:
             finally:
                 for fd in fds:  # mappings keep what they need; the descriptors can go
                     os.close(fd)
-        self._flush()
         self._dispatch_events()
+        self._flush()
 
     def _handle(self, record: records.Record) -> None:
         if isinstance(record, records.Packets):
@@ -163,17 +173,34 @@ class LdcEndpoint:
         else:
             self.memory.peer_segment(record.segment_id, record.size, record.fd)
 
+    def set_listener(self, listener: Listener) -> None:
+        """Hand link events and messages to `listener` instead of receive_message()."""
+        self._listener = listener
+
+    def flush(self) -> None:
+        """Send whatever the channel has queued (after sending outside send_message)."""
+        self._flush()
+
     def _dispatch_events(self) -> None:
+        listener = self._listener
         for event in self.channel.take_events():
             if isinstance(event, MessageReceived):
-                self._messages.put_nowait(event.data)
+                if listener is not None:
+                    listener.ldc_message(event.data)
+                else:
+                    self._messages.put_nowait(event.data)
             elif isinstance(event, LinkUp):
                 self._up.set()
+                if listener is not None:
+                    listener.ldc_up()
             elif isinstance(event, LinkReset):
                 self._up.clear()
                 self.last_reset = event.reason
                 log.info("LDC link reset (%s): %s", "by peer" if event.by_peer else "locally", event.reason)
-                self._messages.put_nowait(event)
+                if listener is not None:
+                    listener.ldc_reset(event.reason)
+                else:
+                    self._messages.put_nowait(event)
             elif isinstance(event, ProtocolViolation):
                 log.warning("LDC protocol violation by the peer: %s", event.reason)
 

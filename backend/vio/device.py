@@ -92,6 +92,13 @@ class Device:
         """Process an accepted descriptor; call session.complete(ring, index, payload) when done."""
         session.complete(ring, index, None)
 
+    def on_descriptors(self, session: Session, ring: int, batch: list[tuple[int, bytes]]) -> None:
+        """A run of accepted descriptors, in ring order (override to work on them in bulk)."""
+        for index, payload in batch:
+            if session.peer_ring(ring) is None:
+                return  # our own work reset the session or dropped the ring
+            self.on_descriptor(session, ring, index, payload)
+
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
         """The peer finished a descriptor we queued."""
 

@@ -35,6 +35,8 @@ class Stack:
                 self.session.link_down(event.reason)
             elif isinstance(event, MessageReceived):
                 self.session.receive(event.data)
+        if self.session.has_pending_work:
+            self.session.resume()
         for message in self.session.take_output():
             if self.channel.is_up:
                 self.channel.send(message)
@@ -45,7 +47,7 @@ def make_pair(a: Device, b: Device, *, sids: tuple[int, int] | None = None) -> t
     memories = LocalMemory(), LocalMemory()
     LocalMemory.link(*memories)
     stacks = []
-    for index, (device, memory) in enumerate(zip((a, b), memories)):
+    for index, (device, memory) in enumerate(zip((a, b), memories, strict=True)):
         source = None
         if sids is not None:
             counter = iter(range(sids[index], sids[index] + 1_000_000))
@@ -60,7 +62,8 @@ def pump(a: Stack, b: Stack, *, max_rounds: int = 100_000) -> None:
         a.step()
         b.step()
         out_a, out_b = a.channel.take_output(), b.channel.take_output()
-        if not out_a and not out_b and not a.session._output and not b.session._output:
+        busy = a.session.has_pending_work or b.session.has_pending_work
+        if not out_a and not out_b and not a.session._output and not b.session._output and not busy:
             return
         deliver(out_a, b.channel)
         deliver(out_b, a.channel)

@@ -161,6 +161,9 @@ class Session:
         self._failures = 0
         self._link_up = False
         self._next_ident = 1  # never reused, so a late completion cannot hit a new ring
+        self._walking = False
+        self._generation = 0  # bumped when rings go away, to stop a walk in progress
+        self.walk_budget = 256  # descriptors per walk step (see _walk)
         self.phase = Phase.IDLE
         self._clear()
 
@@ -183,6 +186,7 @@ class Session:
         self._next_handle = 1
         self._inband_pending: dict[int, int] = {}  # handle -> seq
         self._inband_owed: dict[int, int] = {}  # peer handle -> seq
+        self._paused: set[int] = set()  # ring idents whose walk waits for resume()
         self._dds_pending: dict[int, DdsInfo] = {}
         self._next_req_id = 1
 
@@ -442,6 +446,7 @@ class Session:
     def _on_dring_unreg(self, message: DringUnreg) -> None:
         stype = message.tag.stype
         if stype == SubType.INFO:
+            self._generation += 1
             if self._peer_rings.pop(message.dring_ident, None) is None:
                 self._send(DringUnreg(message.tag.reply(SubType.NACK), message.dring_ident))
                 self._events.append(Rejected(f"NACKed unregistration of unknown ring {message.dring_ident}"))
@@ -573,61 +578,107 @@ class Session:
             return f"range {start}..{end} outside a ring of {ring.count}"
         if ring.walk is not None and not ring.walk.finished:
             return f"range {start}..{end} while {ring.walk.start}..{ring.walk.end} is still being walked"
-        index = start
-        while True:
-            if ring.busy(index):
-                return f"range {start}..{end} overlaps entry {index}, still in progress"
-            if ring.state(index) != DescState.READY:
-                if end == END_OPEN and index != start:
-                    return None
-                return f"entry {index} is in state {ring.state(index)}, not READY"
-            if index == end or ring.next(index) == start:
-                return None
-            index = ring.next(index)
+        n = 1 if end == END_OPEN else (end - start) % ring.count + 1  # open: the first must be READY
+        for first, length in ring.runs(start, n):
+            states = ring.states(first, length)
+            for offset, state in enumerate(states):
+                index = first + offset
+                if ring.busy(index):
+                    return f"range {start}..{end} overlaps entry {index}, still in progress"
+                if state != DescState.READY:
+                    return f"entry {index} is in state {state}, not READY"
+        return None
 
     def _walk(self, ring: ImportedRing) -> None:
+        """Accept READY entries of the current request, in runs, and hand them to the device.
+
+        At most `walk_budget` entries per call: then the walk waits in
+        `has_pending_work` for `resume()`, so the I/O edge can send the ACKs
+        so far (the requester refills meanwhile) and serve other channels.
+        """
         walk = ring.walk
         assert walk is not None
-        index = walk.start if walk.last is None else ring.next(walk.last)
-        while not walk.finished:
-            if ring.busy(index) or ring.state(index) != DescState.READY:
-                walk.finished = True
-                break
-            payload = ring.accept(index)
-            walk.last = index
-            if index == walk.end or ring.next(index) == walk.start:
-                walk.finished = True
-            self.device.on_descriptor(self, ring.ident, index, payload)
-            if ring.walk is not walk:
-                return  # the device reset or unregistered us meanwhile
-            index = ring.next(index)
+        count = ring.count
+        budget = self.walk_budget
+        self._walking = True
+        try:
+            while not walk.finished:
+                if budget <= 0:
+                    self._paused.add(ring.ident)
+                    break
+                index = walk.start if walk.last is None else ring.next(walk.last)
+                if walk.end == END_OPEN:
+                    limit = count if walk.last is None else (walk.start - index) % count
+                else:
+                    limit = (walk.end - index) % count + 1
+                batch = ring.accept_run(index, min(limit, budget)) if limit else []
+                if not batch:
+                    walk.finished = True
+                    break
+                budget -= len(batch)
+                generation = self._generation
+                walk.last = batch[-1][0]
+                self.device.on_descriptors(self, ring.ident, batch)
+                if self._generation != generation:
+                    return  # the device's work reset or unregistered rings meanwhile
+                if walk.last == walk.end or ring.next(walk.last) == walk.start:
+                    walk.finished = True
+        finally:
+            self._walking = False
         self._settle(ring)
+
+    @property
+    def has_pending_work(self) -> bool:
+        """A walk paused on its budget: call resume() soon."""
+        return bool(self._paused)
+
+    def resume(self) -> None:
+        """Continue paused walks, one budget each."""
+        paused, self._paused = self._paused, set()
+        for ident in paused:
+            ring = self._peer_rings.get(ident)
+            if ring is not None and ring.walk is not None:
+                self._walk(ring)
 
     def complete(self, ring_ident: int, index: int, payload: bytes | None) -> None:
         """The device finished a descriptor (payload: what to write back, or None)."""
         ring = self._peer_rings.get(ring_ident)
         if ring is None:
             return  # unregistered or reset meanwhile: the work is dropped
-        try:
-            ring.finish(index, payload)
+        ring.finish(index, payload)
+        if not self._walking:  # during a walk, _walk settles once at its end
             self._settle(ring)
-        except RingError as exc:
-            self._fail(f"descriptor ring: {exc}")
+
+    def complete_many(self, ring_ident: int, indices: list[int]) -> None:
+        """The device finished several descriptors, leaving their payloads as they were."""
+        ring = self._peer_rings.get(ring_ident)
+        if ring is None:
+            return
+        for index in indices:
+            ring.finish(index, None)
+        if not self._walking:
+            self._settle(ring)
 
     def _settle(self, ring: ImportedRing) -> None:
         """Publish finished descriptors; end the walk when all is done."""
         tag = self._tag(MsgType.DATA, SubType.ACK, Env.DRING_DATA)
         walk = ring.walk
-        for index, wants_ack in ring.flush():
-            if wants_ack:
-                seq = walk.seq if walk else ring.seq
-                self._send(DringData(tag, seq, ring.ident, index, index, ProcState.ACTIVE))
+        try:
+            acks = ring.flush()
+        except RingError as exc:
+            self._fail(f"descriptor ring: {exc}")
+            return
+        seq = walk.seq if walk else ring.seq
+        for index in acks:
+            self._send(DringData(tag, seq, ring.ident, index, index, ProcState.ACTIVE))
         if walk is None or not walk.finished or ring.order:
             return
-        if walk.end == END_OPEN and walk.last is not None and ring.state(ring.next(walk.last)) == DescState.READY:
-            walk.finished = False  # more arrived while we worked: keep walking
-            self._walk(ring)
-            return
+        if walk.end == END_OPEN and walk.last is not None:
+            following = ring.next(walk.last)
+            if following != walk.start and not ring.busy(following) and ring.state(following) == DescState.READY:
+                walk.finished = False  # more arrived while we worked: keep walking
+                self._walk(ring)
+                return
         ring.walk = None
         if walk.end == END_OPEN:
             last = walk.last if walk.last is not None else walk.start
@@ -758,6 +809,7 @@ class Session:
         self._events.append(HandshakeFailed(reason))
 
     def _reset(self, reason: str, *, restart: bool) -> None:
+        self._generation += 1
         was = self.phase
         for export, segment in self._own_exports:
             self.memory.unmap(export)

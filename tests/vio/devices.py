@@ -46,10 +46,10 @@ class Client(Recorder):
     sends_rdx = True
     expects_rdx = False
 
-    def __init__(self, versions=((1, 1), (1, 0)), ring: RingSpec | None = RingSpec(16, 64), attrs: bytes = b"client-attrs") -> None:
+    def __init__(self, versions=((1, 1), (1, 0)), ring: RingSpec | None = None, attrs: bytes = b"client-attrs") -> None:
         super().__init__()
         self.versions = tuple(versions)
-        self.ring = ring
+        self.ring = ring or RingSpec(16, 64)
         self.attrs = attrs
         self.attr_ack_payloads: list[bytes] = []
 

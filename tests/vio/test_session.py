@@ -7,7 +7,6 @@ import pytest
 from backend.errors import ProtocolError
 from backend.ldc.memory import TransportCookie
 from backend.vio.constants import END_OPEN, DescState, DevClass, DringOption, Env, MsgType, ProcState, SubType
-from backend.vio.device import RingSpec
 from backend.vio.loopback import Stack, connect, make_pair, pump
 from backend.vio.messages import DdsInfo, DringData, DringReg, DringUnreg, PktData, Rdx, Tag, VerInfo, decode
 from backend.vio.session import Established, HandshakeFailed, Phase, Rejected, SessionReset
