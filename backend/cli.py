@@ -29,11 +29,125 @@ def main(argv: list[str] | None = None) -> int:
     echo.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, help="comma-separated message sizes")
     echo.add_argument("--shm-size", type=int, default=1 << 20, help="bytes for the shared-memory round trip")
 
+    vds = commands.add_parser("vds", help="serve disks to vDisk clients (one socket per disk)")
+    vds.add_argument("--disk", action="append", required=True, type=_disk_spec, metavar="NAME=PATH[,ro][,size=BYTES]",
+                     help="a disk to export; repeat for more")
+    vds.add_argument("--socket-dir", required=True, help="where NAME.sock sockets are created")
+
+    disk = commands.add_parser("disk", help="use a vDisk server as a client")
+    disk.add_argument("--socket", required=True, help="the vds socket of the disk")
+    disk.add_argument("--inband", action="store_true", help="use in-band descriptors instead of a shared ring")
+    actions = disk.add_subparsers(dest="action", required=True)
+    actions.add_parser("info", help="attributes, capacity, device id")
+    read = actions.add_parser("read", help="read bytes to stdout or a file")
+    read.add_argument("offset", type=int)
+    read.add_argument("length", type=int)
+    read.add_argument("--output", help="file to write (default: hex dump to stdout)")
+    write = actions.add_parser("write", help="write a file's bytes at an offset")
+    write.add_argument("offset", type=int)
+    write.add_argument("input", help="file whose bytes to write")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "ldc-echo":
         return _ldc_echo(args)
+    if args.command == "vds":
+        return _vds(args)
+    if args.command == "disk":
+        return _disk(args)
     return 2
+
+
+def _disk_spec(text: str) -> tuple[str, str, bool, int | None]:
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH[,ro][,size=BYTES], got {text!r}")
+    path, *options = rest.split(",")
+    read_only, size = False, None
+    for option in options:
+        if option == "ro":
+            read_only = True
+        elif option.startswith("size="):
+            try:
+                size = int(option[5:])
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"bad size in {text!r}") from None
+        else:
+            raise argparse.ArgumentTypeError(f"unknown disk option {option!r} in {text!r}")
+    return name, path, read_only, size
+
+
+def _vds(args: argparse.Namespace) -> int:
+    import concurrent.futures
+    import signal
+
+    from .vdisk.devid import device_id_for
+    from .vdisk.engine import DiskEngine
+    from .vdisk.serve import DiskServer
+    from .vdisk.server import Export
+
+    async def main() -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vds-io")
+        servers = []
+        for name, path, read_only, size in args.disk:
+            engine = DiskEngine(path, read_only=read_only, create_size=size)
+            export = Export(engine, device_id_for(path))
+            server = DiskServer(export, os.path.join(args.socket_dir, f"{name}.sock"), pool)
+            await server.start()
+            servers.append(server)
+            print(f"vds: serving {name} ({path}, {engine.size_bytes} bytes{', read-only' if read_only else ''}) on {server.socket_path}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for server in servers:
+            server.close()
+            server.export.engine.close()
+        pool.shutdown()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"vio vds: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _disk(args: argparse.Namespace) -> int:
+    from .vdisk.client import VdcClient
+    from .vdisk.devid import DeviceId
+
+    async def main() -> None:
+        client = await VdcClient.connect(args.socket, inband=args.inband)
+        try:
+            if args.action == "info":
+                attrs = client.attrs
+                block, blocks = await client.get_capacity()
+                devid = DeviceId.decode(await client.get_devid())
+                print(f"version {client.endpoint.session.version}, block size {attrs.vdisk_block_size}, {blocks} blocks ({block * blocks} bytes)")
+                print(f"disk type {attrs.vdisk_type}, media type {attrs.vdisk_mtype}, max transfer {attrs.max_xfer_size} blocks, operations 0x{attrs.operations:x}")
+                print(f"write cache {'on' if await client.get_wce() else 'off'}, device id type {devid.type} {devid.id.hex()}")
+            elif args.action == "read":
+                data = await client.read(args.offset, args.length)
+                if args.output:
+                    with open(args.output, "wb") as f:
+                        f.write(data)
+                else:
+                    print(data.hex())
+            elif args.action == "write":
+                with open(args.input, "rb") as f:
+                    await client.write(args.offset, f.read())
+                await client.flush()
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(main())
+    except (OSError, ValueError) as exc:
+        print(f"vio disk: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sizes(text: str) -> list[int]:

@@ -56,6 +56,7 @@ class LdcEndpoint:
         self._messages: asyncio.Queue[bytes | LinkReset] = asyncio.Queue()
         self._up = asyncio.Event()
         self.closed = False
+        self.closed_event = asyncio.Event()
         self.last_reset: str | None = None
         self._listener: Listener | None = None
         sock.setblocking(False)
@@ -259,6 +260,7 @@ class LdcEndpoint:
         if self.closed:
             return
         self.closed = True
+        self.closed_event.set()
         self.last_reset = self.last_reset or reason
         self._loop.remove_reader(self.sock.fileno())
         self._loop.remove_writer(self.sock.fileno())

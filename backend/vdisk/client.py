@@ -1,0 +1,272 @@
+"""The vDisk client (vdc): a VIO device class and an asyncio library on top.
+
+`VdcDevice` is sans-I/O: it negotiates attributes, registers its ring (or
+uses in-band descriptors) and turns completed descriptors into callbacks.
+`VdcClient` gives programs a plain async API (read, write, flush, labels,
+device id, access...) over any vds reachable through an LdcEndpoint, with
+data buffers exported from its own shared memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..ldc.aio import LdcEndpoint
+from ..ldc.memory import PERM_RW, Export, Segment
+from ..vio.aio import VioEndpoint
+from ..vio.constants import DevClass, DringOption, XferMode
+from ..vio.device import Device, RingSpec
+from ..vio.session import Session
+from .protocol import (
+    ACCESS,
+    CAPACITY,
+    SLICE_ABSOLUTE,
+    VERSIONS,
+    WCE,
+    DiskAttrs,
+    DiskRequest,
+    Op,
+    descriptor_size,
+    from_wire_status,
+)
+
+MAX_COOKIES = 16
+Callback = Callable[[int, DiskRequest], None]
+
+
+class VdcDevice(Device):
+    """The client side of a vDisk session."""
+
+    dev_class = DevClass.DISK
+    peer_classes = frozenset({DevClass.DISK_SERVER})
+    versions = VERSIONS
+    initiator = True
+    sends_rdx = True
+    expects_rdx = False
+
+    def __init__(self, *, inband: bool = False, ring_size: int = 64, block_size: int = 512, max_xfer: int = 1 << 20) -> None:
+        self.inband = inband
+        self.ring_size = ring_size
+        self.block_size = block_size
+        self.max_xfer = max_xfer
+        self.server: DiskAttrs | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[DiskRequest, Callback]] = {}  # ring index or in-band handle
+        self.on_ready: Callable[[], None] | None = None
+
+    def attr_payload(self, version: tuple[int, int]) -> bytes:
+        mode = XferMode.DESC if self.inband else XferMode.DRING
+        return DiskAttrs(mode, vdisk_block_size=self.block_size, max_xfer_size=self.max_xfer // self.block_size).encode()
+
+    def on_attr_ack(self, payload: bytes, version: tuple[int, int]) -> bool:
+        attrs = DiskAttrs.decode(payload)
+        if not attrs.vdisk_block_size or attrs.vdisk_block_size > self.block_size or self.block_size % attrs.vdisk_block_size:
+            return False  # we cannot address blocks larger than we asked for
+        self.server = attrs
+        return True
+
+    def rings(self, version: tuple[int, int]) -> list[RingSpec]:
+        if self.inband:
+            return []
+        return [RingSpec(self.ring_size, descriptor_size(MAX_COOKIES), DringOption.TX | DringOption.RX)]
+
+    def on_established(self, session: Session) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def on_reset(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for request, callback in pending.values():
+            callback(errno.ECONNRESET, request)
+
+    def request(self, session: Session, request: DiskRequest, callback: Callback) -> None:
+        """Send one request; `callback(errno, request)` runs when the server finished it."""
+        request.req_id = next(self._ids)
+        if self.inband:
+            handle = session.send_inband(request.encode())
+            self._pending[handle] = (request, callback)
+        else:
+            ring = session.own_rings[0]
+            index = session.submit(ring, request.encode())
+            self._pending[index] = (request, callback)
+
+    def ring_free(self, session: Session) -> int:
+        return self.ring_size if self.inband else session.own_rings[0].free_entries()
+
+    def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
+        self._finish(index, payload)
+
+    def on_inband_done(self, handle: int, payload: bytes, ok: bool) -> None:
+        self._finish(handle, payload)
+
+    def _finish(self, key: int, payload: bytes) -> None:
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return
+        request, callback = entry
+        try:
+            done = DiskRequest.decode(payload, MAX_COOKIES)
+        except OSError:
+            callback(errno.EIO, request)
+            return
+        if done.req_id != request.req_id:
+            callback(errno.EIO, request)
+            return
+        callback(from_wire_status(done.status), done)
+
+
+@dataclass
+class _Buffer:
+    segment: Segment
+    offset: int
+    length: int
+    export: Export
+
+
+class VdcClient:
+    """An asyncio vDisk client over one LDC connection to a vds."""
+
+    def __init__(self, ldc: LdcEndpoint, *, inband: bool = False, pool_size: int = 8 << 20) -> None:
+        self.device = VdcDevice(inband=inband)
+        self.endpoint = VioEndpoint(ldc, self.device)
+        self.ldc = ldc
+        self._pool_size = pool_size
+        self._pool: Segment | None = None
+        self._free: list[tuple[int, int]] = [(0, pool_size)]
+        self._slots: asyncio.Semaphore | None = None
+        self._space = asyncio.Condition()
+
+    @classmethod
+    async def connect(cls, path: str, **kwargs: object) -> VdcClient:
+        from ..ldc.constants import Mode
+
+        client = cls(await LdcEndpoint.connect(path, Mode.UNRELIABLE), **kwargs)  # type: ignore[arg-type]
+        await client.open()
+        return client
+
+    async def open(self, timeout: float = 10.0) -> None:
+        await self.endpoint.open(timeout)
+        self._pool = self.ldc.allocate_segment(self._pool_size)
+        self._slots = asyncio.Semaphore(self.device.ring_size)
+
+    @property
+    def attrs(self) -> DiskAttrs:
+        assert self.device.server is not None
+        return self.device.server
+
+    @property
+    def block_size(self) -> int:
+        return self.attrs.vdisk_block_size
+
+    @property
+    def size_bytes(self) -> int:
+        return self.attrs.vdisk_size * self.block_size
+
+    def close(self) -> None:
+        self.ldc.close()
+
+    # ---- operations --------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int, *, slice_: int = SLICE_ABSOLUTE) -> bytes:
+        self._aligned(offset, length)
+        data, _ = await self.call(Op.BREAD, offset // self.block_size, length, slice_=slice_, read=length)
+        return data
+
+    async def write(self, offset: int, data: bytes, *, slice_: int = SLICE_ABSOLUTE) -> None:
+        self._aligned(offset, len(data))
+        await self.call(Op.BWRITE, offset // self.block_size, len(data), slice_=slice_, write=data)
+
+    async def flush(self) -> None:
+        await self.call(Op.FLUSH)
+
+    async def get_wce(self) -> bool:
+        data, _ = await self.call(Op.GET_WCE, size=WCE.size, read=WCE.size)
+        return bool(WCE.unpack(data)[0])
+
+    async def set_wce(self, enabled: bool) -> None:
+        await self.call(Op.SET_WCE, size=WCE.size, write=WCE.pack(int(enabled)))
+
+    async def get_devid(self) -> bytes:
+        data, _ = await self.call(Op.GET_DEVID, size=64, read=64)
+        return data
+
+    async def get_capacity(self) -> tuple[int, int]:
+        data, _ = await self.call(Op.GET_CAPACITY, size=CAPACITY.size, read=CAPACITY.size)
+        return CAPACITY.unpack(data)
+
+    async def get_access(self) -> bool:
+        data, _ = await self.call(Op.GET_ACCESS, size=ACCESS.size, read=ACCESS.size)
+        return bool(ACCESS.unpack(data)[0])
+
+    async def set_access(self, flags: int) -> None:
+        await self.call(Op.SET_ACCESS, size=ACCESS.size, write=ACCESS.pack(flags))
+
+    async def reset(self) -> None:
+        await self.call(Op.RESET)
+
+    async def call(
+        self, op: int, offset: int = 0, size: int = 0, *, slice_: int = SLICE_ABSOLUTE,
+        read: int = 0, write: bytes | None = None,
+    ) -> tuple[bytes, DiskRequest]:
+        """One request; raises OSError with the server's status when it is not 0."""
+        assert self._slots is not None
+        buffer_size = max(read, len(write) if write else 0)
+        async with self._slots:
+            buffer = await self._take(buffer_size) if buffer_size else None
+            try:
+                if buffer is not None and write:
+                    buffer.segment.view[buffer.offset : buffer.offset + len(write)] = write
+                cookies = list(buffer.export.cookies) if buffer else []
+                request = DiskRequest(0, op, slice_, 0, offset, size, cookies)
+                future: asyncio.Future[tuple[int, DiskRequest]] = asyncio.get_running_loop().create_future()
+
+                def finished(code: int, done: DiskRequest) -> None:
+                    if not future.done():
+                        future.set_result((code, done))
+
+                self.device.request(self.endpoint.session, request, finished)
+                self.endpoint.pump()
+                code, done = await future
+                if code:
+                    raise OSError(code, f"vDisk {Op(op).name} failed: {errno.errorcode.get(code, code)}")
+                data = bytes(buffer.segment.view[buffer.offset : buffer.offset + read]) if buffer and read else b""
+                return data, done
+            finally:
+                if buffer is not None:
+                    await self._give(buffer)
+
+    def _aligned(self, offset: int, length: int) -> None:
+        if offset % self.block_size or length % self.block_size:
+            raise ValueError(f"offset and length must be multiples of the {self.block_size}-byte block")
+
+    async def _take(self, length: int) -> _Buffer:
+        assert self._pool is not None
+        need = -(-length // 8192) * 8192
+        if need > self._pool_size:
+            raise ValueError(f"a {length}-byte transfer does not fit the {self._pool_size}-byte buffer pool")
+        async with self._space:
+            while True:
+                for i, (start, size) in enumerate(self._free):
+                    if size >= need:
+                        self._free[i] = (start + need, size - need)
+                        export = self.ldc.export(self._pool, start, length, PERM_RW)
+                        return _Buffer(self._pool, start, need, export)
+                await self._space.wait()
+
+    async def _give(self, buffer: _Buffer) -> None:
+        self.ldc.unmap(buffer.export)
+        async with self._space:
+            self._free.append((buffer.offset, buffer.length))
+            self._free.sort()
+            merged: list[tuple[int, int]] = []
+            for start, size in self._free:
+                if merged and merged[-1][0] + merged[-1][1] == start:
+                    merged[-1] = (merged[-1][0], merged[-1][1] + size)
+                elif size:
+                    merged.append((start, size))
+            self._free = merged
+            self._space.notify_all()

@@ -1,0 +1,77 @@
+"""asyncio edge of the vDisk server: sockets in, one VdsDevice per client, I/O in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+from collections.abc import Callable
+
+from ..ldc.aio import LdcEndpoint, listen
+from ..ldc.channel import Channel
+from ..ldc.constants import Mode
+from ..vio.aio import VioEndpoint
+from .server import Export, VdsDevice
+
+log = logging.getLogger(__name__)
+
+
+class DiskServer:
+    """Serves one export on one Unix socket to any number of clients."""
+
+    def __init__(self, export: Export, socket_path: str, pool: concurrent.futures.Executor) -> None:
+        self.export = export
+        self.socket_path = socket_path
+        self.pool = pool
+        self.clients: list[VioEndpoint] = []
+        self._listener: socket.socket | None = None
+
+    async def start(self) -> None:
+        self._listener = listen(self.socket_path)
+        self._listener.setblocking(False)
+        asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError:
+                return  # listener closed
+            self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        ldc = LdcEndpoint(sock, Channel(Mode.UNRELIABLE))
+        holder: list[VioEndpoint] = []
+
+        def runner(work: Callable[[], int], done: Callable[[int], None]) -> None:
+            future = loop.run_in_executor(self.pool, work)
+
+            def back(f: asyncio.Future[int]) -> None:
+                done(f.result() if not f.cancelled() else 5)
+                if holder:
+                    holder[0].pump()
+
+            future.add_done_callback(back)
+
+        device = VdsDevice(self.export, runner)
+        endpoint = VioEndpoint(ldc, device)
+        holder.append(endpoint)
+        self.clients.append(endpoint)
+        ldc.channel.open()
+        ldc.flush()
+        loop.create_task(self._reap(endpoint, device))
+
+    async def _reap(self, endpoint: VioEndpoint, device: VdsDevice) -> None:
+        await endpoint.ldc.closed_event.wait()
+        device.access.close()  # connection loss clears reservations (seed 1.1.6.17)
+        self.clients.remove(endpoint)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for endpoint in list(self.clients):
+            endpoint.ldc.close()

@@ -1,0 +1,296 @@
+"""The vDisk server (vds): a VIO device class that serves one exported disk.
+
+`Export` says what a client sees (the whole backing store as a disk, or a
+window of it as a slice). `VdsDevice` is the per-connection device: it
+answers the attribute exchange, takes the client's ring (or in-band
+descriptors), and runs every operation through an `IoRunner` so that disk
+I/O can happen off the event loop; the status goes back in the descriptor
+as the errno value a Solaris client expects. Data moves straight between
+the disk and the client's shared memory (preadv into / pwritev from views
+of the client's pages), with a bounce buffer only when the client granted
+copy access but not direct mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import BackendError
+from ..ldc.memory import PeerMemory
+from ..vio.constants import DevClass, DringOption, XferMode
+from ..vio.device import AttrReply, Device
+from ..vio.messages import DringReg
+from ..vio.session import Session
+from .access import Client, DiskReservations
+from .devid import DeviceId
+from .engine import DiskEngine
+from .protocol import (
+    ACCESS,
+    ACCESS_ALLOWED,
+    ACCESS_DENIED,
+    CAPACITY,
+    DESC_PAYLOAD_MIN,
+    SIZE_UNKNOWN,
+    SLICE_ABSOLUTE,
+    VERSIONS,
+    WCE,
+    DiskAttrs,
+    DiskRequest,
+    DiskType,
+    MediaType,
+    Op,
+    ops_for,
+    ops_mask,
+    to_wire_status,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_XFER_BYTES = 1 << 20
+MAX_COOKIES = 64
+
+
+@dataclass
+class Export:
+    """One exported disk: a backing store, or a window of it exported as a slice."""
+
+    engine: DiskEngine
+    device_id: DeviceId
+    disk_type: DiskType = DiskType.DISK
+    media_type: MediaType = MediaType.FIXED
+    start: int = 0  # byte offset of the window (slice exports)
+    length: int | None = None  # bytes in the window (None: to the end)
+    reservations: DiskReservations = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.length is None:
+            self.length = self.engine.size_bytes - self.start
+        if self.start < 0 or self.start + self.length > self.engine.size_bytes or self.length <= 0:
+            raise OSError(errno.EINVAL, f"export window {self.start}+{self.length} outside {self.engine.path}")
+        self.reservations = DiskReservations(self.engine.path)
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.block_size
+
+    @property
+    def blocks(self) -> int:
+        assert self.length is not None
+        return self.length // self.block_size
+
+    @property
+    def read_only(self) -> bool:
+        return self.engine.read_only
+
+
+class IoRunner(Protocol):
+    """Runs `work` (maybe in another thread) and then `done(result)` on the session's thread."""
+
+    def __call__(self, work: Callable[[], int], done: Callable[[int], None]) -> None: ...
+
+
+def run_inline(work: Callable[[], int], done: Callable[[int], None]) -> None:
+    done(work())
+
+
+class VdsDevice(Device):
+    """The server side of one client connection."""
+
+    dev_class = DevClass.DISK_SERVER
+    peer_classes = frozenset({DevClass.DISK})
+    versions = VERSIONS
+    initiator = False
+    sends_rdx = False
+    expects_rdx = True
+
+    def __init__(self, export: Export, runner: IoRunner = run_inline) -> None:
+        self.export = export
+        self.runner = runner
+        self.access: Client = export.reservations.client()
+        self.client_block_size = export.block_size
+        self.xfer_mode = XferMode.DRING
+        self.ops = ops_for(VERSIONS[0])
+        self.max_xfer = MAX_XFER_BYTES
+        self.completed = 0
+
+    # ---- handshake ---------------------------------------------------------------------
+
+    @property
+    def expects_peer_ring(self) -> bool:  # type: ignore[override]
+        return self.xfer_mode == XferMode.DRING
+
+    def expects_attr(self, version: tuple[int, int]) -> bool:
+        return True
+
+    def on_attr_info(self, payload: bytes, version: tuple[int, int]) -> AttrReply:
+        attrs = DiskAttrs.decode(payload)
+        ours = self.export.block_size
+        self.ops = ops_for(version)
+        if attrs.xfer_mode not in (XferMode.DRING, XferMode.DESC):
+            return AttrReply(False, payload)
+        if attrs.vdisk_block_size and attrs.vdisk_block_size < ours:
+            return AttrReply(False, payload)  # we cannot serve blocks smaller than the disk's
+        # The client's max transfer is in its blocks, or bytes when its block size is 0.
+        asked = attrs.max_xfer_size * (attrs.vdisk_block_size or 1)
+        self.max_xfer = max(ours, min(asked or MAX_XFER_BYTES, MAX_XFER_BYTES))
+        self.client_block_size = ours
+        self.xfer_mode = XferMode(attrs.xfer_mode)
+        reply = DiskAttrs(
+            xfer_mode=attrs.xfer_mode,
+            vdisk_type=self.export.disk_type,
+            vdisk_mtype=self.export.media_type if version >= (1, 1) else 0,
+            vdisk_block_size=ours,
+            operations=ops_mask(self.supported_ops()),
+            vdisk_size=self.export.blocks if version >= (1, 1) else 0,
+            max_xfer_size=self.max_xfer // ours,
+        )
+        return AttrReply(True, reply.encode())
+
+    def accepts_ring(self, reg: DringReg, version: tuple[int, int]) -> bool:
+        return bool(reg.options & DringOption.TX) and reg.descr_size >= 8 + DESC_PAYLOAD_MIN
+
+    def supported_ops(self) -> frozenset[Op]:
+        return self.ops & frozenset(HANDLERS)
+
+    def on_reset(self, reason: str) -> None:
+        # Seed 1.1.6.17: a lost connection acts as VD_OP_RESET.
+        self.access.clear()
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def on_descriptor(self, session: Session, ring: int, index: int, payload: bytes) -> None:
+        def finish(request: DiskRequest) -> None:
+            session.complete(ring, index, request.status_update())
+
+        self._serve(session, payload, finish)
+
+    def on_inband(self, session: Session, handle: int, payload: bytes) -> None:
+        def finish(request: DiskRequest) -> None:
+            session.complete_inband(handle, request.status_update() + payload[DESC_PAYLOAD_MIN:], ok=True)
+
+        self._serve(session, payload, finish)
+
+    def _serve(self, session: Session, payload: bytes, finish: Callable[[DiskRequest], None]) -> None:
+        try:
+            request = DiskRequest.decode(payload, MAX_COOKIES)
+        except OSError:
+            request = DiskRequest(0, 0, 0, 0, 0, 0)
+            request.status = to_wire_status(errno.EINVAL)
+            finish(request)
+            return
+        handler = HANDLERS.get(request.operation) if request.operation in self.supported_ops() else None
+        if handler is None:
+            request.status = to_wire_status(errno.ENOTSUP)
+            finish(request)
+            return
+        memory = session.memory.peer_memory
+
+        def work() -> int:
+            try:
+                handler(self, request, memory)
+                return 0
+            except OSError as exc:
+                return exc.errno or errno.EIO
+            except BackendError as exc:  # bad cookies and the like: the client's fault
+                log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
+                return errno.EINVAL
+
+        def done(code: int) -> None:
+            request.status = to_wire_status(code)
+            self.completed += 1
+            finish(request)
+
+        self.runner(work, done)
+
+    # ---- operations (run by the runner, maybe in another thread) ---------------------------
+
+    def _byte_range(self, request: DiskRequest) -> tuple[int, int]:
+        """Absolute byte offset and length of a read/write, after the slice rules."""
+        block = self.client_block_size
+        if request.size % block or request.size > self.max_xfer:
+            raise OSError(errno.EINVAL, f"transfer of {request.size} bytes (block {block}, max {self.max_xfer})")
+        if request.slice != SLICE_ABSOLUTE and (self.export.disk_type == DiskType.DISK or request.slice != 0):
+            raise OSError(errno.EINVAL, f"slice {request.slice} not available on this export")
+        offset = request.offset * block
+        assert self.export.length is not None
+        if offset + request.size > self.export.length:
+            raise OSError(errno.EINVAL, f"{request.size} bytes at block {request.offset} are past the end")
+        return self.export.start + offset, request.size
+
+    def _check_access(self) -> None:
+        if not self.access.allowed():
+            raise OSError(errno.EACCES, "another client holds exclusive access")
+
+    def _bread(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self._check_access()
+        offset, length = self._byte_range(request)
+        try:
+            views = memory.map(request.cookies, length, writable=True)
+        except BackendError:
+            bounce = bytearray(length)  # the client allowed copying but not mapping
+            self.export.engine.read_into(offset, [memoryview(bounce)])
+            memory.copy_out(request.cookies, 0, bounce)
+            return
+        self.export.engine.read_into(offset, views)
+
+    def _bwrite(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self._check_access()
+        offset, length = self._byte_range(request)
+        try:
+            views = memory.map(request.cookies, length, writable=False)
+        except BackendError:
+            bounce = bytearray(length)
+            memory.copy_in(request.cookies, 0, bounce)
+            views = [memoryview(bounce)]
+        self.export.engine.write_from(offset, views)
+
+    def _flush(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self._check_access()
+        self.export.engine.flush()
+
+    def _get_wce(self, request: DiskRequest, memory: PeerMemory) -> None:
+        memory.copy_out(request.cookies, 0, WCE.pack(1 if self.export.engine.write_cache else 0))
+
+    def _set_wce(self, request: DiskRequest, memory: PeerMemory) -> None:
+        value = bytearray(WCE.size)
+        memory.copy_in(request.cookies, 0, value)
+        self.export.engine.write_cache = bool(WCE.unpack(value)[0])
+
+    def _get_devid(self, request: DiskRequest, memory: PeerMemory) -> None:
+        encoded = self.export.device_id.encode()
+        if request.size < len(encoded):
+            raise OSError(errno.EINVAL, f"device id needs {len(encoded)} bytes, buffer has {request.size}")
+        memory.copy_out(request.cookies, 0, encoded)
+
+    def _get_capacity(self, request: DiskRequest, memory: PeerMemory) -> None:
+        memory.copy_out(request.cookies, 0, CAPACITY.pack(self.export.block_size, self.export.blocks or SIZE_UNKNOWN))
+
+    def _reset(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self.access.clear()
+
+    def _get_access(self, request: DiskRequest, memory: PeerMemory) -> None:
+        memory.copy_out(request.cookies, 0, ACCESS.pack(ACCESS_ALLOWED if self.access.allowed() else ACCESS_DENIED))
+
+    def _set_access(self, request: DiskRequest, memory: PeerMemory) -> None:
+        value = bytearray(ACCESS.size)
+        memory.copy_in(request.cookies, 0, value)
+        self.access.set_access(ACCESS.unpack(value)[0])
+
+
+HANDLERS: dict[int, Callable[[VdsDevice, DiskRequest, PeerMemory], None]] = {
+    Op.BREAD: VdsDevice._bread,
+    Op.BWRITE: VdsDevice._bwrite,
+    Op.FLUSH: VdsDevice._flush,
+    Op.GET_WCE: VdsDevice._get_wce,
+    Op.SET_WCE: VdsDevice._set_wce,
+    Op.GET_DEVID: VdsDevice._get_devid,
+    Op.GET_CAPACITY: VdsDevice._get_capacity,
+    Op.RESET: VdsDevice._reset,
+    Op.GET_ACCESS: VdsDevice._get_access,
+    Op.SET_ACCESS: VdsDevice._set_access,
+}
+
