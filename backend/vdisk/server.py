@@ -178,7 +178,7 @@ class VdsDevice(Device):
         try:
             request = DiskRequest.decode(payload, MAX_COOKIES)
         except OSError:
-            request = DiskRequest(0, 0, 0, 0, 0, 0)
+            request = _salvage(payload)
             request.status = to_wire_status(errno.EINVAL)
             finish(request)
             return
@@ -279,6 +279,12 @@ class VdsDevice(Device):
         value = bytearray(ACCESS.size)
         memory.copy_in(request.cookies, 0, value)
         self.access.set_access(ACCESS.unpack(value)[0])
+
+
+def _salvage(payload: bytes) -> DiskRequest:
+    """What we can read of a malformed descriptor, so the answer names its req_id."""
+    head = payload[: DESC_PAYLOAD_MIN - 8].ljust(DESC_PAYLOAD_MIN - 8, b"\0") + bytes(8)  # no cookies
+    return DiskRequest.decode(head, 0)
 
 
 HANDLERS: dict[int, Callable[[VdsDevice, DiskRequest, PeerMemory], None]] = {

@@ -79,5 +79,9 @@ class VioEndpoint:
         self.pump()
 
     def ldc_message(self, data: bytes) -> None:
-        self.session.receive(data)
+        try:
+            self.session.receive(data)
+        except Exception:  # a device bug must not take the event loop (or other channels) down
+            log.exception("VIO device failed on a message; resetting the session")
+            self.session.restart()
         self.pump()
