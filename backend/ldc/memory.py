@@ -139,6 +139,7 @@ class Export:
     cookies: tuple[TransportCookie, ...]
     first_index: int
     count: int
+    generation: int = 0  # the table's generation when exported (revoke_all starts a new one)
 
 
 class MapTable:
@@ -151,6 +152,7 @@ class MapTable:
         self.entries = len(self._table) // MTE.size
         self._used = bytearray(self.entries)
         self._segments: dict[int, Segment] = {}
+        self.generation = 0
 
     def add_segment(self, segment: Segment) -> None:
         """Make a segment's pages exportable (the transport shares it with the peer)."""
@@ -178,10 +180,16 @@ class MapTable:
             MTE.pack_into(self._table, (index + i) * MTE.size, real | int(perms) | page_code)
         # Consecutive entries covering contiguous memory need only one cookie.
         cookie = TransportCookie(make_cookie(page_code, index, offset & ((1 << shift) - 1)), length)
-        return Export((cookie,), index, count)
+        return Export((cookie,), index, count, self.generation)
 
     def unmap(self, export: Export) -> None:
-        """Revoke an export: the importer's next access fails."""
+        """Revoke an export: the importer's next access fails.
+
+        An export that revoke_all() already took (a channel reset) is gone:
+        unmapping it again is harmless and does nothing.
+        """
+        if export.generation != self.generation:
+            return
         for index in range(export.first_index, export.first_index + export.count):
             if not self._used[index]:
                 raise ValueError(f"map table entry {index} is not in use")
@@ -193,6 +201,7 @@ class MapTable:
         """Clear every entry (used on channel reset: no cookie outlives a session)."""
         self._table[:] = bytes(len(self._table))
         self._used[:] = bytes(self.entries)
+        self.generation += 1
 
     @property
     def entries_in_use(self) -> int:

@@ -21,6 +21,7 @@ from ..vio.aio import VioEndpoint
 from ..vio.constants import DevClass, DringOption, XferMode
 from ..vio.device import Device, RingSpec
 from ..vio.session import Session
+from . import labels, scsi
 from .protocol import (
     ACCESS,
     CAPACITY,
@@ -207,6 +208,35 @@ class VdcClient:
 
     async def reset(self) -> None:
         await self.call(Op.RESET)
+
+    async def get_vtoc(self) -> labels.Vtoc:
+        data, _ = await self.call(Op.GET_VTOC, size=labels.VTOC_SIZE, read=labels.VTOC_SIZE)
+        return labels.Vtoc.decode(data)
+
+    async def set_vtoc(self, vtoc: labels.Vtoc) -> None:
+        await self.call(Op.SET_VTOC, size=labels.VTOC_SIZE, write=vtoc.encode())
+
+    async def get_geometry(self) -> labels.Geometry:
+        data, _ = await self.call(Op.GET_DISKGEOM, size=labels.GEOMETRY_SIZE, read=labels.GEOMETRY_SIZE)
+        return labels.Geometry.decode(data)
+
+    async def set_geometry(self, geometry: labels.Geometry) -> None:
+        await self.call(Op.SET_DISKGEOM, size=labels.GEOMETRY_SIZE, write=geometry.encode())
+
+    async def get_efi(self, lba: int, length: int) -> bytes:
+        request = labels.EfiTransfer(lba, length, bytes(length)).encode()
+        data, _ = await self.call(Op.GET_EFI, size=len(request), read=len(request), write=request)
+        return labels.EfiTransfer.decode(data).data[:length]
+
+    async def set_efi(self, lba: int, data: bytes) -> None:
+        request = labels.EfiTransfer(lba, len(data), data).encode()
+        await self.call(Op.SET_EFI, size=len(request), write=request)
+
+    async def scsi(self, request: scsi.VdScsi) -> scsi.VdScsi:
+        """One SCSI command through VD_OP_SCSICMD; the reply keeps the request's layout."""
+        encoded = request.encode()
+        data, _ = await self.call(Op.SCSICMD, size=len(encoded), read=len(encoded), write=encoded)
+        return scsi.VdScsi.decode_reply(data, request)
 
     async def call(
         self, op: int, offset: int = 0, size: int = 0, *, slice_: int = SLICE_ABSOLUTE,

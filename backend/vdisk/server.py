@@ -25,6 +25,7 @@ from ..vio.constants import DevClass, DringOption, XferMode
 from ..vio.device import AttrReply, Device
 from ..vio.messages import DringReg
 from ..vio.session import Session
+from . import labels, scsi
 from .access import Client, DiskReservations
 from .devid import DeviceId
 from .engine import DiskEngine
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_XFER_BYTES = 1 << 20
 MAX_COOKIES = 64
+MAX_CONTROL_BYTES = 1 << 20  # label and SCSI buffers we copy in
 
 
 @dataclass
@@ -86,6 +88,40 @@ class Export:
     def read_only(self) -> bool:
         return self.engine.read_only
 
+    @property
+    def io(self) -> WindowIO:
+        """The export as a BlockIO (what labels and SCSI emulation work on)."""
+        assert self.length is not None
+        return WindowIO(self.engine, self.start, self.length)
+
+
+class WindowIO:
+    """BlockIO over `length` bytes of an engine from `start` (a slice export, or all of it)."""
+
+    def __init__(self, engine: DiskEngine, start: int, length: int) -> None:
+        self.engine, self.start, self.length = engine, start, length
+        self.block_size = engine.block_size
+        self.read_only = engine.read_only
+
+    @property
+    def size_bytes(self) -> int:
+        return self.length
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return self.engine.read(self.start + offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        self.engine.write(self.start + offset, data)
+
+    def flush(self) -> None:
+        self.engine.flush()
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.length:
+            raise OSError(errno.EINVAL, f"{length} bytes at {offset} are outside the {self.length}-byte export")
+
 
 class IoRunner(Protocol):
     """Runs `work` (maybe in another thread) and then `done(result)` on the session's thread."""
@@ -115,6 +151,8 @@ class VdsDevice(Device):
         self.xfer_mode = XferMode.DRING
         self.ops = ops_for(VERSIONS[0])
         self.max_xfer = MAX_XFER_BYTES
+        self.geometry: labels.Geometry | None = None
+        self._scsi_target: scsi.ScsiTarget | None = None
         self.completed = 0
 
     # ---- handshake ---------------------------------------------------------------------
@@ -213,13 +251,39 @@ class VdsDevice(Device):
         block = self.client_block_size
         if request.size % block or request.size > self.max_xfer:
             raise OSError(errno.EINVAL, f"transfer of {request.size} bytes (block {block}, max {self.max_xfer})")
-        if request.slice != SLICE_ABSOLUTE and (self.export.disk_type == DiskType.DISK or request.slice != 0):
-            raise OSError(errno.EINVAL, f"slice {request.slice} not available on this export")
-        offset = request.offset * block
         assert self.export.length is not None
-        if offset + request.size > self.export.length:
-            raise OSError(errno.EINVAL, f"{request.size} bytes at block {request.offset} are past the end")
-        return self.export.start + offset, request.size
+        base, limit = 0, self.export.length
+        if request.slice != SLICE_ABSOLUTE:
+            base, limit = self._slice_window(request.slice)
+        offset = request.offset * block
+        if offset + request.size > limit:
+            raise OSError(errno.EINVAL, f"{request.size} bytes at block {request.offset} are past the end of slice {request.slice}")
+        return self.export.start + base + offset, request.size
+
+    def _slice_window(self, number: int) -> tuple[int, int]:
+        """Byte offset and length of a slice: from the disk's label on a whole-disk export."""
+        assert self.export.length is not None
+        if self.export.disk_type == DiskType.SLICE:
+            if number != 0:
+                raise OSError(errno.EINVAL, f"a slice export has only slice 0, not {number}")
+            return 0, self.export.length
+        io, block = self.export.io, self.export.block_size
+        try:
+            vtoc, _ = labels.read_smi(io)
+            parts = [(p.start_block, p.num_blocks) for p in vtoc.partitions]
+        except OSError:
+            try:
+                table = labels.read_gpt(io)
+            except OSError:
+                raise OSError(errno.EINVAL, f"slice {number} asked for, but the disk has no label") from None
+            parts = [(0, 0)] * 16
+            for p in table.partitions:
+                if p.slot is not None and p.slot < len(parts):
+                    parts[p.slot] = (p.first_lba, p.last_lba - p.first_lba + 1)
+        if number >= len(parts) or not parts[number][1]:
+            raise OSError(errno.EINVAL, f"slice {number} is not in the disk's label")
+        start, count = parts[number]
+        return start * block, count * block
 
     def _check_access(self) -> None:
         if not self.access.allowed():
@@ -269,6 +333,71 @@ class VdsDevice(Device):
     def _get_capacity(self, request: DiskRequest, memory: PeerMemory) -> None:
         memory.copy_out(request.cookies, 0, CAPACITY.pack(self.export.block_size, self.export.blocks or SIZE_UNKNOWN))
 
+    def _get_vtoc(self, request: DiskRequest, memory: PeerMemory) -> None:
+        if self.export.disk_type == DiskType.SLICE:
+            vtoc = labels.default_vtoc(self.export.io.size_bytes, self.export.block_size)
+        else:
+            vtoc, _ = labels.read_smi(self.export.io)
+        memory.copy_out(request.cookies, 0, vtoc.encode())
+
+    def _set_vtoc(self, request: DiskRequest, memory: PeerMemory) -> None:
+        if self.export.disk_type == DiskType.SLICE:
+            raise OSError(errno.ENOTSUP, "a slice export has no label of its own")
+        vtoc = labels.Vtoc.decode(self._copy_in(request, memory, labels.VTOC_SIZE))
+        labels.write_smi(self.export.io, vtoc, self._geometry())
+
+    def _get_geometry(self, request: DiskRequest, memory: PeerMemory) -> None:
+        memory.copy_out(request.cookies, 0, self._geometry().encode())
+
+    def _set_geometry(self, request: DiskRequest, memory: PeerMemory) -> None:
+        geometry = labels.Geometry.decode(self._copy_in(request, memory, labels.GEOMETRY_SIZE))
+        try:
+            vtoc, _ = labels.read_smi(self.export.io)
+        except OSError:
+            self.geometry = geometry  # kept for the SET_VTOC that follows
+            return
+        labels.write_smi(self.export.io, vtoc, geometry)
+
+    def _geometry(self) -> labels.Geometry:
+        try:
+            return labels.read_smi(self.export.io)[1]
+        except OSError:
+            return self.geometry or labels.default_geometry(self.export.io.size_bytes, self.export.block_size)
+
+    def _get_efi(self, request: DiskRequest, memory: PeerMemory) -> None:
+        asked = labels.EfiTransfer.decode(self._copy_in(request, memory, request.size))
+        data = labels.efi_read(self.export.io, asked.lba, asked.length)
+        memory.copy_out(request.cookies, 0, labels.EfiTransfer(asked.lba, asked.length, data).encode())
+
+    def _set_efi(self, request: DiskRequest, memory: PeerMemory) -> None:
+        given = labels.EfiTransfer.decode(self._copy_in(request, memory, request.size))
+        labels.efi_write(self.export.io, given.lba, given.data[: given.length])
+        try:
+            labels.sync_backup_gpt(self.export.io)  # keep host tools' view consistent
+        except OSError:
+            pass  # no valid primary yet (the guest writes entries and header separately)
+
+    def _scsi(self, request: DiskRequest, memory: PeerMemory) -> None:
+        reply = scsi.serve_scsicmd(self.scsi_target, self._copy_in(request, memory, request.size))
+        memory.copy_out(request.cookies, 0, reply)
+
+    @property
+    def scsi_target(self) -> scsi.ScsiTarget:
+        if self._scsi_target is None:
+            engine = self.export.engine
+            self._scsi_target = scsi.ScsiTarget(
+                self.export.io, self.export.device_id.id, self.export.device_id.id.hex()[:16],
+                write_cache=lambda: engine.write_cache,
+            )
+        return self._scsi_target
+
+    def _copy_in(self, request: DiskRequest, memory: PeerMemory, length: int) -> bytes:
+        if request.size < length or length > MAX_CONTROL_BYTES:
+            raise OSError(errno.EINVAL, f"operation needs {length} bytes, the request gives {request.size}")
+        buffer = bytearray(length)
+        memory.copy_in(request.cookies, 0, buffer)
+        return bytes(buffer)
+
     def _reset(self, request: DiskRequest, memory: PeerMemory) -> None:
         self.access.clear()
 
@@ -295,6 +424,13 @@ HANDLERS: dict[int, Callable[[VdsDevice, DiskRequest, PeerMemory], None]] = {
     Op.SET_WCE: VdsDevice._set_wce,
     Op.GET_DEVID: VdsDevice._get_devid,
     Op.GET_CAPACITY: VdsDevice._get_capacity,
+    Op.GET_VTOC: VdsDevice._get_vtoc,
+    Op.SET_VTOC: VdsDevice._set_vtoc,
+    Op.GET_DISKGEOM: VdsDevice._get_geometry,
+    Op.SET_DISKGEOM: VdsDevice._set_geometry,
+    Op.GET_EFI: VdsDevice._get_efi,
+    Op.SET_EFI: VdsDevice._set_efi,
+    Op.SCSICMD: VdsDevice._scsi,
     Op.RESET: VdsDevice._reset,
     Op.GET_ACCESS: VdsDevice._get_access,
     Op.SET_ACCESS: VdsDevice._set_access,

@@ -174,3 +174,14 @@ def test_multiple_cookies_with_offset() -> None:
     got = bytearray(150)
     peer.copy_in([first, second], 25, got)
     assert got == bytes(range(25, 175))
+
+
+def test_unmap_after_revoke_all_is_harmless() -> None:
+    table, segment, peer, _ = setup()
+    old = table.export(segment, 0, PAGE, PERM_RW)
+    table.revoke_all()  # a channel reset
+    table.unmap(old)  # the owner cleans up afterwards: nothing to do
+    new = table.export(segment, 0, PAGE, PERM_RW)
+    table.unmap(old)  # must not touch the new export in the same entries
+    got = bytearray(8)
+    peer.copy_in(new.cookies, 0, got)

@@ -16,7 +16,7 @@ from backend.vdisk.protocol import (
     ACCESS, ACCESS_EXCLUSIVE, CAPACITY, SLICE_ABSOLUTE, WCE, DiskAttrs, DiskRequest, DiskType, Op, ops_mask, OPS_1_0,
 )
 from backend.vdisk.server import Export, VdsDevice
-from backend.vio.loopback import Stack, connect, make_pair, pump
+from backend.vio.loopback import connect, make_pair, pump
 
 MiB = 1 << 20
 
