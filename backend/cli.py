@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     write = actions.add_parser("write", help="write a file's bytes at an offset")
     write.add_argument("offset", type=int)
     write.add_argument("input", help="file whose bytes to write")
+    label = actions.add_parser("label", help="show the disk's label, or write a new one")
+    label.add_argument("--init", choices=["sun", "gpt"], help="write a default Sun (SMI VTOC) or GPT label first")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -78,7 +80,6 @@ def _disk_spec(text: str) -> tuple[str, str, bool, int | None]:
 
 
 def _vds(args: argparse.Namespace) -> int:
-    import concurrent.futures
     import signal
 
     from .vdisk.devid import device_id_for
@@ -87,12 +88,11 @@ def _vds(args: argparse.Namespace) -> int:
     from .vdisk.server import Export
 
     async def main() -> None:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vds-io")
         servers = []
         for name, path, read_only, size in args.disk:
             engine = DiskEngine(path, read_only=read_only, create_size=size)
             export = Export(engine, device_id_for(path))
-            server = DiskServer(export, os.path.join(args.socket_dir, f"{name}.sock"), pool)
+            server = DiskServer(export, os.path.join(args.socket_dir, f"{name}.sock"))
             await server.start()
             servers.append(server)
             print(f"vds: serving {name} ({path}, {engine.size_bytes} bytes{', read-only' if read_only else ''}) on {server.socket_path}", flush=True)
@@ -104,7 +104,6 @@ def _vds(args: argparse.Namespace) -> int:
         for server in servers:
             server.close()
             server.export.engine.close()
-        pool.shutdown()
 
     try:
         asyncio.run(main())
@@ -112,6 +111,50 @@ def _vds(args: argparse.Namespace) -> int:
         print(f"vio vds: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _label(client, init: str | None) -> None:
+    """Show the label a vds reports (Sun VTOC, or GPT through GET_EFI); optionally write one."""
+    import uuid
+
+    from .vdisk import labels
+    from .vdisk.blockio import MemoryBlockIO
+
+    size = client.size_bytes
+    if init == "sun":
+        geometry = labels.default_geometry(size, client.block_size)
+        await client.set_geometry(geometry)
+        await client.set_vtoc(labels.default_vtoc(size, client.block_size, geometry))
+    elif init == "gpt":
+        scratch = MemoryBlockIO(size, client.block_size)
+        _, first, last = labels.gpt_layout(size // client.block_size, client.block_size)
+        labels.write_gpt(scratch, [labels.GptPartition(uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4"), uuid.uuid4(), first, last, name="data")])
+        block = client.block_size
+        await client.write(0, scratch.read(0, block))  # protective MBR
+        await client.set_efi(2, scratch.read(2 * block, 32 * block))
+        await client.set_efi(1, scratch.read(block, block))
+    try:
+        vtoc = await client.get_vtoc()
+        geometry = await client.get_geometry()
+        print(f"Sun label {vtoc.ascii_label!r}: {geometry.num_cyl} cylinders x {geometry.num_hd} heads x {geometry.num_sec} sectors")
+        for number, part in enumerate(vtoc.partitions):
+            if part.num_blocks:
+                print(f"  slice {number}: tag {part.id} flags {part.perm_flags} start {part.start_block} blocks {part.num_blocks}")
+        return
+    except OSError:
+        pass
+    header = await client.get_efi(1, client.block_size)
+    if header[:8] != b"EFI PART":
+        print("no label (neither a Sun VTOC nor a GPT)")
+        return
+    entries = await client.get_efi(2, 32 * client.block_size)
+    scratch = MemoryBlockIO(size, client.block_size)
+    scratch.write(client.block_size, header)
+    scratch.write(2 * client.block_size, entries)
+    table = labels.read_gpt(scratch)
+    print(f"GPT, {len(table.partitions)} partitions")
+    for part in table.partitions:
+        print(f"  {part.slot}: {part.name!r} LBA {part.first_lba}..{part.last_lba} type {part.type_guid}")
 
 
 def _disk(args: argparse.Namespace) -> int:
@@ -139,6 +182,8 @@ def _disk(args: argparse.Namespace) -> int:
                 with open(args.input, "rb") as f:
                     await client.write(args.offset, f.read())
                 await client.flush()
+            elif args.action == "label":
+                await _label(client, args.init)
         finally:
             client.close()
 

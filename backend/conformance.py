@@ -9,7 +9,9 @@ vector says `"direction": "decode"`, encode(fields) == hex. Fields a vector omit
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any
 from .ldc import packet as ldc_packet
 from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
 from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
+from .vdisk import labels, protocol as vdisk, scsi
+from .vdisk.devid import DeviceId
 from .vio import messages as vio
-from .vio.constants import CTRL_MSG_SIZE
+from .vio.constants import CTRL_MSG_SIZE, DESC_HEADER_SIZE
 
 FORMAT = "sun4v-wire-vectors/1"
 DIRECTIONS = ("both", "decode")
@@ -157,14 +161,34 @@ def _tag_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
 
 
 def _wire_value(value: Any) -> Any:
-    """A decoded attribute as a vector field: bytes as hex, cookies as objects."""
+    """A decoded attribute as a vector field: bytes as hex, cookies and records as objects."""
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, TransportCookie):
         return {"cookie_addr": value.addr, "cookie_size": value.size}
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [_wire_value(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _wire_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
+
+
+def _cookies(fields: Mapping[str, Any]) -> list[TransportCookie]:
+    return [TransportCookie(c["cookie_addr"], c["cookie_size"]) for c in fields["cookies"]]
+
+
+Derived = Callable[[Mapping[str, Any]], Fields]
+
+
+def _no_derived(_: Mapping[str, Any]) -> Fields:
+    return {}
+
+
+def _check_derived(derived: Derived, fields: Mapping[str, Any]) -> None:
+    """Fields on the wire that follow from others (counts, lengths): a vector stating one must agree."""
+    for name, value in derived(fields).items():
+        if fields.get(name, value) != value:
+            raise ValueError(f"{name} {fields[name]} but the other fields make it {value}")
 
 
 def _vio_codec(
@@ -172,38 +196,141 @@ def _vio_codec(
     body: Mapping[str, Any],
     build: Callable[[vio.Tag, Mapping[str, Any]], Any],
     hex_fields: frozenset[str] = frozenset(),
-    derived: Callable[[Mapping[str, Any]], Fields] = lambda _: {},
+    derived: Derived = _no_derived,
+    view: Callable[[Any], Any] = lambda msg: msg,
 ) -> Codec:
     """A codec for one VIO message class.
 
     `body` maps the fields after the tag to their zero value (decoded from the
-    attribute of the same name); `build` makes the message from the tag and the
-    full fields; `derived` gives fields that follow from the others (DRING_REG's
-    num_cookies), both as defaults and in the decoded output.
+    attribute of the same name of `view(message)`: the message itself, or the
+    device payload it carries parsed); `build` makes the message from the tag
+    and the full fields; `derived` gives fields that follow from the others
+    (DRING_REG's num_cookies), both as defaults and in the decoded output.
     """
+
+    def encode(fields: Mapping[str, Any]) -> bytes:
+        _check_derived(derived, fields)
+        return build(_tag(fields), fields).encode()
 
     def decode(data: bytes, context: Mapping[str, Any]) -> Fields:
         msg = vio.decode(data)
         if not isinstance(msg, cls):
             raise TypeError(f"bytes decode as {type(msg).__name__}, not {cls.__name__}")
-        out = {**_tag_out(msg.tag), **{name: _wire_value(getattr(msg, name)) for name in body}}
+        parsed = view(msg)
+        out = {**_tag_out(msg.tag), **{name: _wire_value(getattr(parsed, name)) for name in body}}
         return {**out, **derived(out)}
 
     def defaults(fields: Mapping[str, Any]) -> Fields:
         return {**dict.fromkeys(_TAG_FIELDS, 0), **body, **derived(fields)}
 
-    return Codec(lambda fields: build(_tag(fields), fields).encode(), decode, defaults, hex_fields)
+    return Codec(encode, decode, defaults, hex_fields)
 
 
 def _dring_reg(tag: vio.Tag, f: Mapping[str, Any]) -> vio.DringReg:
-    # num_cookies is on the wire but follows from the array; a vector stating it must agree.
-    cookies = tuple(TransportCookie(c["cookie_addr"], c["cookie_size"]) for c in f["cookies"])
-    if f.get("num_cookies", len(cookies)) != len(cookies):
-        raise ValueError(f"num_cookies {f['num_cookies']} but {len(cookies)} cookies given")
-    return vio.DringReg(tag, f["dring_ident"], f["num_descr"], f["descr_size"], f["options"], cookies)
+    return vio.DringReg(tag, f["dring_ident"], f["num_descr"], f["descr_size"], f["options"], tuple(_cookies(f)))
+
+
+def _num_cookies(name: str) -> Derived:
+    return lambda f: {name: len(f.get("cookies", ()))}
 
 
 _CTRL_BODY = CTRL_MSG_SIZE - vio.TAG.size  # ATTR_INFO's device payload
+
+
+# --- vdisk.* ---------------------------------------------------------------------
+#
+# vDisk payloads have no tag: they travel in descriptors and in the buffers the
+# descriptors' cookies name. Their fields are those of the backend's own record
+# classes (DiskAttrs, DiskRequest, Vtoc, Geometry, DeviceId, VdScsi), byte strings
+# as hex. Counts and lengths on the wire follow from the arrays and byte strings
+# (`derived`): optional in a vector, but they must agree when given. Every one of
+# these structures has a single size for its fields, so a vector with bytes past
+# them does not decode.
+
+
+def _record(cls: type, fields: Mapping[str, Any], hex_fields: frozenset[str] = frozenset(), **given: Any) -> Any:
+    """`cls` built from a vector's fields: its own field names only, hex ones as bytes."""
+    values = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields}
+    values.update((name, bytes.fromhex(values[name])) for name in hex_fields & values.keys())
+    return cls(**{**values, **given})
+
+
+def _byte_count(fields: Mapping[str, Any], name: str) -> int:
+    return len(bytes.fromhex(fields.get(name, "")))
+
+
+def _payload_codec(
+    encode: Callable[[Mapping[str, Any]], bytes],
+    decode: Callable[[bytes], Fields],
+    zero: Fields,
+    hex_fields: frozenset[str] = frozenset(),
+    derived: Derived = _no_derived,
+) -> Codec:
+    """A codec for a device payload: `zero` is the full field set, zeroed."""
+
+    def checked_encode(fields: Mapping[str, Any]) -> bytes:
+        _check_derived(derived, fields)
+        return encode(fields)
+
+    def checked_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+        out = decode(data)
+        out.update(derived(out))
+        used = len(encode(out))
+        if used != len(data):
+            raise ValueError(f"{len(data)} bytes, but the decoded fields account for {used}")
+        return out
+
+    return Codec(checked_encode, checked_decode, lambda f: {**zero, **derived(f)}, hex_fields)
+
+
+def _record_codec(
+    cls: type,
+    parse: Callable[[bytes], Any],
+    zero: Any,
+    hex_fields: frozenset[str] = frozenset(),
+    derived: Derived = _no_derived,
+    build: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> Codec:
+    """A codec for a record class with encode(): fields are its attributes (`zero` an instance)."""
+    make = build or (lambda f: _record(cls, f, hex_fields))
+    return _payload_codec(lambda f: make(f).encode(), lambda d: _wire_value(parse(d)), _wire_value(zero), hex_fields, derived)
+
+
+def _struct_codec(layout: struct.Struct, *names: str) -> Codec:
+    """A codec for a plain struct of integers (capacity, access, WCE)."""
+    return _payload_codec(
+        lambda f: layout.pack(*(f[name] for name in names)),
+        lambda d: dict(zip(names, layout.unpack_from(d), strict=True)),
+        dict.fromkeys(names, 0),
+    )
+
+
+_RING_HEADER = struct.Struct(">BB6x")  # dstate, ack: the head of every ring entry
+assert _RING_HEADER.size == DESC_HEADER_SIZE
+
+
+def _desc_encode(f: Mapping[str, Any]) -> bytes:
+    request = _record(vdisk.DiskRequest, f, cookies=_cookies(f))
+    return _RING_HEADER.pack(f["dstate"], f["ack"]) + request.encode()
+
+
+def _desc_decode(data: bytes) -> Fields:
+    dstate, ack = _RING_HEADER.unpack_from(data)
+    body = data[_RING_HEADER.size :]
+    request = vdisk.DiskRequest.decode(body, len(body) // TRANSPORT_COOKIE.size)
+    return {"dstate": dstate, "ack": ack, **_wire_value(request)}
+
+
+def _efi_decode(data: bytes) -> Fields:
+    transfer = labels.EfiTransfer.decode(data)
+    return {"lba": transfer.lba, "len": transfer.length, "data": transfer.data.hex()}
+
+
+def _vtoc(f: Mapping[str, Any]) -> labels.Vtoc:
+    return _record(labels.Vtoc, f, partitions=[labels.VtocPartition(**p) for p in f["partitions"]])
+
+
+_SCSI_AREAS = {"cdb_len": "cdb", "sense_len": "sense", "datain_len": "data_in", "dataout_len": "data_out"}
 
 
 REGISTRY: dict[str, Codec] = {
@@ -229,7 +356,7 @@ REGISTRY: dict[str, Codec] = {
         vio.DringReg,
         {"dring_ident": 0, "num_descr": 0, "descr_size": 0, "options": 0, "cookies": []},
         _dring_reg,
-        derived=lambda f: {"num_cookies": len(f.get("cookies", ()))},
+        derived=_num_cookies("num_cookies"),
     ),
     "vio.dring_unreg": _vio_codec(
         vio.DringUnreg, {"dring_ident": 0}, lambda t, f: vio.DringUnreg(t, f["dring_ident"])
@@ -257,6 +384,41 @@ REGISTRY: dict[str, Codec] = {
     "vio.pkt_data": _vio_codec(
         vio.PktData, {"seq": 0, "data": ""}, lambda t, f: vio.PktData(t, f["seq"], _hex_of_size(f, "data")),
         frozenset({"data"}),
+    ),
+    "vio.attr_info.vdisk": _vio_codec(
+        vio.AttrInfo,
+        _wire_value(vdisk.DiskAttrs(0)),
+        lambda t, f: vio.AttrInfo(t, _record(vdisk.DiskAttrs, f).encode()),
+        view=lambda msg: vdisk.DiskAttrs.decode(msg.payload),
+    ),
+    "vdisk.desc": _payload_codec(
+        _desc_encode,
+        _desc_decode,
+        {"dstate": 0, "ack": 0, **_wire_value(vdisk.DiskRequest(0, 0, 0, 0, 0, 0))},
+        derived=_num_cookies("ncookies"),
+    ),
+    "vdisk.vtoc": _record_codec(
+        labels.Vtoc, labels.Vtoc.decode, labels.Vtoc(sector_size=0, num_partitions=0), build=_vtoc
+    ),
+    "vdisk.geom": _record_codec(labels.Geometry, labels.Geometry.decode, labels.Geometry()),
+    "vdisk.capacity": _struct_codec(vdisk.CAPACITY, "vdisk_block_size", "vdisk_size"),
+    "vdisk.access": _struct_codec(vdisk.ACCESS, "access"),
+    "vdisk.wce": _struct_codec(vdisk.WCE, "wce"),
+    "vdisk.devid": _record_codec(
+        DeviceId, DeviceId.decode, DeviceId(0, b""), frozenset({"id"}), lambda f: {"len": _byte_count(f, "id")}
+    ),
+    "vdisk.efi": _payload_codec(
+        lambda f: labels.EfiTransfer(f["lba"], f["len"], bytes.fromhex(f["data"])).encode(),
+        _efi_decode,
+        {"lba": 0, "len": 0, "data": ""},
+        frozenset({"data"}),
+    ),
+    "vdisk.scsi": _record_codec(
+        scsi.VdScsi,
+        lambda d: scsi.VdScsi.decode(d, exact=True),
+        scsi.VdScsi(b""),
+        frozenset(_SCSI_AREAS.values()),
+        lambda f: {length: _byte_count(f, area) for length, area in _SCSI_AREAS.items()},
     ),
 }
 

@@ -142,6 +142,9 @@ class Export:
     generation: int = 0  # the table's generation when exported (revoke_all starts a new one)
 
 
+_FREE_RUNS: dict[int, bytes] = {}
+
+
 class MapTable:
     """The exporter's side: allocates table entries and writes MTEs."""
 
@@ -153,6 +156,7 @@ class MapTable:
         self._used = bytearray(self.entries)
         self._segments: dict[int, Segment] = {}
         self.generation = 0
+        self._cursor = 0
 
     def add_segment(self, segment: Segment) -> None:
         """Make a segment's pages exportable (the transport shares it with the peer)."""
@@ -208,10 +212,16 @@ class MapTable:
         return sum(self._used)
 
     def _allocate(self, count: int) -> int:
-        start = self._used.find(bytes(count))
+        """Next fit: search on from the last allocation (round-robin, as illumos does),
+        so a busy table is not rescanned from the start every time."""
+        free = _FREE_RUNS.get(count) or _FREE_RUNS.setdefault(count, bytes(count))
+        start = self._used.find(free, self._cursor)
+        if start < 0:
+            start = self._used.find(free)
         if start < 0:
             raise MemoryError(f"map table full: no {count} consecutive free entries of {self.entries}")
         self._used[start : start + count] = b"\1" * count
+        self._cursor = start + count
         return start
 
 

@@ -13,10 +13,9 @@ import asyncio
 import errno
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..ldc.aio import LdcEndpoint
-from ..ldc.memory import PERM_RW, Export, Segment
+from ..ldc.memory import PERM_RW, Segment
 from ..vio.aio import VioEndpoint
 from ..vio.constants import DevClass, DringOption, XferMode
 from ..vio.device import Device, RingSpec
@@ -73,7 +72,10 @@ class VdcDevice(Device):
     def rings(self, version: tuple[int, int]) -> list[RingSpec]:
         if self.inband:
             return []
-        return [RingSpec(self.ring_size, descriptor_size(MAX_COOKIES), DringOption.TX | DringOption.RX)]
+        # Open ranges with an ACK per descriptor: requests made together reach the
+        # server in one walk, and each completes as soon as it is done.
+        spec = RingSpec(self.ring_size, descriptor_size(MAX_COOKIES), DringOption.TX | DringOption.RX, ack_each=True, open_ended=True)
+        return [spec]
 
     def on_established(self, session: Session) -> None:
         if self.on_ready is not None:
@@ -120,26 +122,19 @@ class VdcDevice(Device):
         callback(from_wire_status(done.status), done)
 
 
-@dataclass
-class _Buffer:
-    segment: Segment
-    offset: int
-    length: int
-    export: Export
-
-
 class VdcClient:
     """An asyncio vDisk client over one LDC connection to a vds."""
 
-    def __init__(self, ldc: LdcEndpoint, *, inband: bool = False, pool_size: int = 8 << 20) -> None:
+    def __init__(self, ldc: LdcEndpoint, *, inband: bool = False) -> None:
         self.device = VdcDevice(inband=inband)
         self.endpoint = VioEndpoint(ldc, self.device)
         self.ldc = ldc
-        self._pool_size = pool_size
+        # One buffer slot of the maximum transfer per request in flight; a memfd
+        # only takes memory for the pages really touched.
+        self._slot_size = self.device.max_xfer
         self._pool: Segment | None = None
-        self._free: list[tuple[int, int]] = [(0, pool_size)]
+        self._free_slots = list(range(self.device.ring_size))
         self._slots: asyncio.Semaphore | None = None
-        self._space = asyncio.Condition()
 
     @classmethod
     async def connect(cls, path: str, **kwargs: object) -> VdcClient:
@@ -151,7 +146,7 @@ class VdcClient:
 
     async def open(self, timeout: float = 10.0) -> None:
         await self.endpoint.open(timeout)
-        self._pool = self.ldc.allocate_segment(self._pool_size)
+        self._pool = self.ldc.allocate_segment(self._slot_size * self.device.ring_size)
         self._slots = asyncio.Semaphore(self.device.ring_size)
 
     @property
@@ -243,15 +238,19 @@ class VdcClient:
         read: int = 0, write: bytes | None = None,
     ) -> tuple[bytes, DiskRequest]:
         """One request; raises OSError with the server's status when it is not 0."""
-        assert self._slots is not None
-        buffer_size = max(read, len(write) if write else 0)
+        assert self._slots is not None and self._pool is not None
+        length = max(read, len(write) if write else 0)
+        if length > self._slot_size:
+            raise ValueError(f"a {length}-byte transfer is larger than the {self._slot_size}-byte maximum")
+        view = self._pool.view
         async with self._slots:
-            buffer = await self._take(buffer_size) if buffer_size else None
+            slot = self._free_slots.pop()
+            base = slot * self._slot_size
+            export = self.ldc.export(self._pool, base, length, PERM_RW) if length else None
             try:
-                if buffer is not None and write:
-                    buffer.segment.view[buffer.offset : buffer.offset + len(write)] = write
-                cookies = list(buffer.export.cookies) if buffer else []
-                request = DiskRequest(0, op, slice_, 0, offset, size, cookies)
+                if write:
+                    view[base : base + len(write)] = write
+                request = DiskRequest(0, op, slice_, 0, offset, size, list(export.cookies) if export else [])
                 future: asyncio.Future[tuple[int, DiskRequest]] = asyncio.get_running_loop().create_future()
 
                 def finished(code: int, done: DiskRequest) -> None:
@@ -259,44 +258,16 @@ class VdcClient:
                         future.set_result((code, done))
 
                 self.device.request(self.endpoint.session, request, finished)
-                self.endpoint.pump()
+                self.endpoint.pump_soon()
                 code, done = await future
                 if code:
                     raise OSError(code, f"vDisk {Op(op).name} failed: {errno.errorcode.get(code, code)}")
-                data = bytes(buffer.segment.view[buffer.offset : buffer.offset + read]) if buffer and read else b""
-                return data, done
+                return (bytes(view[base : base + read]) if read else b""), done
             finally:
-                if buffer is not None:
-                    await self._give(buffer)
+                if export is not None:
+                    self.ldc.unmap(export)
+                self._free_slots.append(slot)
 
     def _aligned(self, offset: int, length: int) -> None:
         if offset % self.block_size or length % self.block_size:
             raise ValueError(f"offset and length must be multiples of the {self.block_size}-byte block")
-
-    async def _take(self, length: int) -> _Buffer:
-        assert self._pool is not None
-        need = -(-length // 8192) * 8192
-        if need > self._pool_size:
-            raise ValueError(f"a {length}-byte transfer does not fit the {self._pool_size}-byte buffer pool")
-        async with self._space:
-            while True:
-                for i, (start, size) in enumerate(self._free):
-                    if size >= need:
-                        self._free[i] = (start + need, size - need)
-                        export = self.ldc.export(self._pool, start, length, PERM_RW)
-                        return _Buffer(self._pool, start, need, export)
-                await self._space.wait()
-
-    async def _give(self, buffer: _Buffer) -> None:
-        self.ldc.unmap(buffer.export)
-        async with self._space:
-            self._free.append((buffer.offset, buffer.length))
-            self._free.sort()
-            merged: list[tuple[int, int]] = []
-            for start, size in self._free:
-                if merged and merged[-1][0] + merged[-1][1] == start:
-                    merged[-1] = (merged[-1][0], merged[-1][1] + size)
-                elif size:
-                    merged.append((start, size))
-            self._free = merged
-            self._space.notify_all()

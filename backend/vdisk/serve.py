@@ -20,10 +20,9 @@ log = logging.getLogger(__name__)
 class DiskServer:
     """Serves one export on one Unix socket to any number of clients."""
 
-    def __init__(self, export: Export, socket_path: str, pool: concurrent.futures.Executor) -> None:
+    def __init__(self, export: Export, socket_path: str) -> None:
         self.export = export
         self.socket_path = socket_path
-        self.pool = pool
         self.clients: list[VioEndpoint] = []
         self._listener: socket.socket | None = None
 
@@ -46,12 +45,15 @@ class DiskServer:
         loop = asyncio.get_running_loop()
         ldc = LdcEndpoint(sock, Channel(Mode.UNRELIABLE))
         holder: list[VioEndpoint] = []
+        # One I/O thread per client: its requests run in order (FLUSH is a barrier),
+        # clients do not wait for each other, and the event loop never blocks on the disk.
+        thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vds-io")
 
-        def runner(work: Callable[[], int], done: Callable[[int], None]) -> None:
-            future = loop.run_in_executor(self.pool, work)
+        def runner(work: Callable[[], list[int]], done: Callable[[list[int]], None]) -> None:
+            future = loop.run_in_executor(thread, work)
 
-            def back(f: asyncio.Future[int]) -> None:
-                done(f.result() if not f.cancelled() else 5)
+            def back(f: asyncio.Future[list[int]]) -> None:
+                done(f.result())
                 if holder:
                     holder[0].pump()
 
@@ -63,10 +65,11 @@ class DiskServer:
         self.clients.append(endpoint)
         ldc.channel.open()
         ldc.flush()
-        loop.create_task(self._reap(endpoint, device))
+        loop.create_task(self._reap(endpoint, device, thread))
 
-    async def _reap(self, endpoint: VioEndpoint, device: VdsDevice) -> None:
+    async def _reap(self, endpoint: VioEndpoint, device: VdsDevice, thread: concurrent.futures.Executor) -> None:
         await endpoint.ldc.closed_event.wait()
+        thread.shutdown(wait=False)
         device.access.close()  # connection loss clears reservations (seed 1.1.6.17)
         self.clients.remove(endpoint)
 

@@ -124,12 +124,16 @@ class WindowIO:
 
 
 class IoRunner(Protocol):
-    """Runs `work` (maybe in another thread) and then `done(result)` on the session's thread."""
+    """Runs `work` (maybe in another thread) and then `done(result)` on the session's thread.
 
-    def __call__(self, work: Callable[[], int], done: Callable[[int], None]) -> None: ...
+    Jobs of one runner must run in the order given: a FLUSH is a barrier for
+    the requests before it (the asyncio edge uses one I/O thread per client).
+    """
+
+    def __call__(self, work: Callable[[], list[int]], done: Callable[[list[int]], None]) -> None: ...
 
 
-def run_inline(work: Callable[[], int], done: Callable[[int], None]) -> None:
+def run_inline(work: Callable[[], list[int]], done: Callable[[list[int]], None]) -> None:
     done(work())
 
 
@@ -200,49 +204,67 @@ class VdsDevice(Device):
 
     # ---- requests ------------------------------------------------------------------------
 
-    def on_descriptor(self, session: Session, ring: int, index: int, payload: bytes) -> None:
-        def finish(request: DiskRequest) -> None:
-            session.complete(ring, index, request.status_update())
+    def on_descriptors(self, session: Session, ring: int, batch: list[tuple[int, bytes]]) -> None:
+        """A run of ring descriptors: decoded here, executed as one job by the runner."""
+        finishers = []
+        for index, payload in batch:
+            finishers.append((payload, self._ring_finisher(session, ring, index)))
+        self._serve(session, finishers)
 
-        self._serve(session, payload, finish)
+    def on_descriptor(self, session: Session, ring: int, index: int, payload: bytes) -> None:
+        self._serve(session, [(payload, self._ring_finisher(session, ring, index))])
 
     def on_inband(self, session: Session, handle: int, payload: bytes) -> None:
         def finish(request: DiskRequest) -> None:
             session.complete_inband(handle, request.status_update() + payload[DESC_PAYLOAD_MIN:], ok=True)
 
-        self._serve(session, payload, finish)
+        self._serve(session, [(payload, finish)])
 
-    def _serve(self, session: Session, payload: bytes, finish: Callable[[DiskRequest], None]) -> None:
-        try:
-            request = DiskRequest.decode(payload, MAX_COOKIES)
-        except OSError:
-            request = _salvage(payload)
-            request.status = to_wire_status(errno.EINVAL)
-            finish(request)
-            return
-        handler = HANDLERS.get(request.operation) if request.operation in self.supported_ops() else None
-        if handler is None:
-            request.status = to_wire_status(errno.ENOTSUP)
-            finish(request)
+    @staticmethod
+    def _ring_finisher(session: Session, ring: int, index: int) -> Callable[[DiskRequest], None]:
+        return lambda request: session.complete(ring, index, request.status_update())
+
+    def _serve(self, session: Session, items: list[tuple[bytes, Callable[[DiskRequest], None]]]) -> None:
+        """Run requests in order, in one job (a FLUSH stays behind what came before it)."""
+        jobs: list[tuple[DiskRequest, Handler, Callable[[DiskRequest], None]]] = []
+        for payload, finish in items:
+            try:
+                request = DiskRequest.decode(payload, MAX_COOKIES)
+            except OSError:
+                request = _salvage(payload)
+                request.status = to_wire_status(errno.EINVAL)
+                finish(request)
+                continue
+            handler = HANDLERS.get(request.operation) if request.operation in self.supported_ops() else None
+            if handler is None:
+                request.status = to_wire_status(errno.ENOTSUP)
+                finish(request)
+                continue
+            jobs.append((request, handler, finish))
+        if not jobs:
             return
         memory = session.memory.peer_memory
 
-        def work() -> int:
-            try:
-                handler(self, request, memory)
-                return 0
-            except OSError as exc:
-                return exc.errno or errno.EIO
-            except BackendError as exc:  # bad cookies and the like: the client's fault
-                log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
-                return errno.EINVAL
+        def work() -> list[int]:
+            return [self._execute(handler, request, memory) for request, handler, _ in jobs]
 
-        def done(code: int) -> None:
-            request.status = to_wire_status(code)
-            self.completed += 1
-            finish(request)
+        def done(codes: list[int]) -> None:
+            for (request, _, finish), code in zip(jobs, codes, strict=True):
+                request.status = to_wire_status(code)
+                self.completed += 1
+                finish(request)
 
         self.runner(work, done)
+
+    def _execute(self, handler: Handler, request: DiskRequest, memory: PeerMemory) -> int:
+        try:
+            handler(self, request, memory)
+            return 0
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        except BackendError as exc:  # bad cookies and the like: the client's fault
+            log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
+            return errno.EINVAL
 
     # ---- operations (run by the runner, maybe in another thread) ---------------------------
 
@@ -410,13 +432,16 @@ class VdsDevice(Device):
         self.access.set_access(ACCESS.unpack(value)[0])
 
 
+Handler = Callable[["VdsDevice", DiskRequest, PeerMemory], None]
+
+
 def _salvage(payload: bytes) -> DiskRequest:
     """What we can read of a malformed descriptor, so the answer names its req_id."""
     head = payload[: DESC_PAYLOAD_MIN - 8].ljust(DESC_PAYLOAD_MIN - 8, b"\0") + bytes(8)  # no cookies
     return DiskRequest.decode(head, 0)
 
 
-HANDLERS: dict[int, Callable[[VdsDevice, DiskRequest, PeerMemory], None]] = {
+HANDLERS: dict[int, Handler] = {
     Op.BREAD: VdsDevice._bread,
     Op.BWRITE: VdsDevice._bwrite,
     Op.FLUSH: VdsDevice._flush,

@@ -23,6 +23,7 @@ class VioEndpoint:
         self.established = asyncio.Event()
         self.failure: str | None = None
         self._resume_scheduled = False
+        self._pump_scheduled = False
         ldc.set_listener(self)
 
     async def open(self, timeout: float | None = 10.0) -> tuple[int, int]:
@@ -39,6 +40,17 @@ class VioEndpoint:
 
     def complete(self, ring: int, index: int, payload: bytes | None) -> None:
         self.session.complete(ring, index, payload)
+        self.pump()
+
+    def pump_soon(self) -> None:
+        """Pump once at the end of this loop iteration: requests made together
+        leave together (one record, one wakeup of the peer)."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
         self.pump()
 
     def pump(self) -> None:

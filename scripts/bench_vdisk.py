@@ -1,0 +1,126 @@
+"""vDisk benchmark: vdc (this process) -> vds (another process) over a shared ring.
+
+The backing file sits in the page cache (it is read once before measuring), so
+the numbers are the cost of the protocol stack, not of a disk. The reference,
+measured in the same run, is this process doing the same preads straight on
+the file with no protocol, no second process and no shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from backend.vdisk.client import VdcClient
+
+MiB = 1 << 20
+DISK = 256 * MiB
+
+
+async def random_reads(client: VdcClient, depth: int, total: int) -> tuple[float, list[float]]:
+    rng = random.Random(1)
+    latencies: list[float] = []
+    blocks = DISK // 4096
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            offset = rng.randrange(blocks) * 4096
+            start = time.perf_counter()
+            await client.read(offset, 4096)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(total // depth) for _ in range(depth)))
+    return time.perf_counter() - start, latencies
+
+
+async def sequential(client: VdcClient, write: bool, total: int) -> float:
+    data = os.urandom(MiB)
+    start = time.perf_counter()
+    pending = set()
+    for n in range(total // MiB):
+        offset = (n * MiB) % DISK
+        task = asyncio.ensure_future(client.write(offset, data) if write else client.read(offset, MiB))
+        pending.add(task)
+        if len(pending) >= 4:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*pending)
+    return time.perf_counter() - start
+
+
+def reference(path: str, total: int) -> tuple[float, float]:
+    fd = os.open(path, os.O_RDONLY)
+    rng = random.Random(1)
+    buffer = bytearray(4096)
+    start = time.perf_counter()
+    for _ in range(total):
+        os.preadv(fd, [buffer], rng.randrange(DISK // 4096) * 4096)
+    small = time.perf_counter() - start
+    big = bytearray(MiB)
+    start = time.perf_counter()
+    for n in range(512):
+        os.preadv(fd, [big], (n * MiB) % DISK)
+    seq = time.perf_counter() - start
+    os.close(fd)
+    return total / small, 512 / seq
+
+
+def ms(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1e3
+
+
+async def measure(socket_path: str, scale: int) -> dict[str, float]:
+    client = await VdcClient.connect(socket_path)
+    results: dict[str, float] = {}
+    for offset in range(0, DISK, MiB):  # warm the page cache on the server side
+        await client.read(offset, MiB)
+    elapsed, lat = await random_reads(client, 1, 20_000 // scale)
+    results["qd1_iops"], results["qd1_p50"], results["qd1_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
+    elapsed, lat = await random_reads(client, 32, 64_000 // scale)
+    results["qd32_iops"], results["qd32_p50"], results["qd32_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
+    total = 1024 * MiB // scale
+    results["seq_read"] = total / MiB / await sequential(client, False, total)
+    results["seq_write"] = total / MiB / await sequential(client, True, total)
+    client.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    scale = 8 if args.quick else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.img")
+        with open(path, "wb") as f:
+            for _ in range(DISK // MiB):
+                f.write(os.urandom(MiB))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "backend", "vds", "--disk", f"bench={path}", "--socket-dir", tmp],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert server.stdout is not None and "serving" in server.stdout.readline()
+        try:
+            r = asyncio.run(measure(os.path.join(tmp, "bench.sock"), scale))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        ref_iops, ref_seq = reference(path, 20_000 // scale)
+    print(f"vDisk benchmark: vdc -> vds, two processes, {DISK // MiB} MiB file in page cache ({os.cpu_count()} CPUs)")
+    print(f"{'case':38} {'vDisk':>12} {'p50 ms':>8} {'p99 ms':>8} {'reference (pread, no protocol)':>34}")
+    print(f"{'4 KiB random read, depth 1, IOPS':38} {r['qd1_iops']:>12,.0f} {r['qd1_p50']:>8.3f} {r['qd1_p99']:>8.3f} {ref_iops:>26,.0f} IOPS")
+    print(f"{'4 KiB random read, depth 32, IOPS':38} {r['qd32_iops']:>12,.0f} {r['qd32_p50']:>8.3f} {r['qd32_p99']:>8.3f}")
+    print(f"{'1 MiB sequential read, MB/s':38} {r['seq_read'] * 1.048576:>12,.0f} {'':>8} {'':>8} {ref_seq * 1.048576:>26,.0f} MB/s")
+    print(f"{'1 MiB sequential write, MB/s':38} {r['seq_write'] * 1.048576:>12,.0f}")
+
+
+if __name__ == "__main__":
+    main()
