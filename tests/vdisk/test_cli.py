@@ -38,7 +38,7 @@ def test_disk_commands_against_a_server(tmp_path) -> None:
 def test_bad_command_lines_give_clear_errors(tmp_path) -> None:
     result = vio("vds", "--disk", "nopath", "--socket-dir", str(tmp_path))
     assert result.returncode == 2 and "NAME=PATH" in result.stderr
-    result = vio("vds", "--disk", f"d=/nonexistent/dir/x.img", "--socket-dir", str(tmp_path))
+    result = vio("vds", "--disk", "d=/nonexistent/dir/x.img", "--socket-dir", str(tmp_path))
     assert result.returncode == 1 and "cannot open backing store" in result.stderr
     result = vio("disk", "--socket", str(tmp_path / "missing.sock"), "info")
     assert result.returncode == 1 and "vio disk:" in result.stderr
