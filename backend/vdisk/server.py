@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_XFER_BYTES = 1 << 20
 MAX_COOKIES = 64
 MAX_CONTROL_BYTES = 1 << 20  # label and SCSI buffers we copy in
+WALK_STEP = 8
 
 
 @dataclass
@@ -194,6 +195,11 @@ class VdsDevice(Device):
 
     def accepts_ring(self, reg: DringReg, version: tuple[int, int]) -> bool:
         return bool(reg.options & DringOption.TX) and reg.descr_size >= 8 + DESC_PAYLOAD_MIN
+
+    def on_established(self, session: Session) -> None:
+        # Small walk steps: the first requests of a burst are on their way to the
+        # disk (and back to the client) while the rest are still being read.
+        session.walk_budget = WALK_STEP
 
     def supported_ops(self) -> frozenset[Op]:
         return self.ops & frozenset(HANDLERS)
