@@ -55,6 +55,12 @@ class VioEndpoint:
 
     def pump(self) -> None:
         """Send what the session queued; handle what it reported."""
+        self._transfer()
+        self.ldc.flush()
+
+    def _transfer(self) -> None:
+        """Session output into the LDC channel (the LdcEndpoint writes it to the
+        socket after the messages of this read are handled, in one go)."""
         channel = self.ldc.channel
         for message in self.session.take_output():
             if channel.is_up:
@@ -70,7 +76,6 @@ class VioEndpoint:
                 log.warning("VIO handshake failed: %s", event.reason)
             elif isinstance(event, Rejected):
                 log.warning("VIO: %s", event.reason)
-        self.ldc.flush()
         if self.session.has_pending_work and not self._resume_scheduled:
             self._resume_scheduled = True
             asyncio.get_running_loop().call_soon(self._resume)
@@ -84,11 +89,11 @@ class VioEndpoint:
 
     def ldc_up(self) -> None:
         self.session.link_up()
-        self.pump()
+        self._transfer()
 
     def ldc_reset(self, reason: str) -> None:
         self.session.link_down(reason)
-        self.pump()
+        self._transfer()
 
     def ldc_message(self, data: bytes) -> None:
         try:
@@ -96,4 +101,4 @@ class VioEndpoint:
         except Exception:  # a device bug must not take the event loop (or other channels) down
             log.exception("VIO device failed on a message; resetting the session")
             self.session.restart()
-        self.pump()
+        self._transfer()
