@@ -20,7 +20,8 @@ from typing import Any
 from .ldc import packet as ldc_packet
 from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
 from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
-from .vdisk import labels, protocol as vdisk, scsi
+from .vdisk import labels, scsi
+from .vdisk import protocol as vdisk
 from .vdisk.devid import DeviceId
 from .vio import messages as vio
 from .vio.constants import CTRL_MSG_SIZE, DESC_HEADER_SIZE

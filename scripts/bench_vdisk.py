@@ -50,7 +50,7 @@ async def sequential(client: VdcClient, write: bool, total: int) -> float:
         offset = (n * MiB) % DISK
         task = asyncio.ensure_future(client.write(offset, data) if write else client.read(offset, MiB))
         pending.add(task)
-        if len(pending) >= 4:
+        if len(pending) >= 8:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     await asyncio.gather(*pending)
     return time.perf_counter() - start

@@ -127,8 +127,8 @@ def test_child_run_fails_on_unknown_format(tmp_path: Path) -> None:
 
 @child_only_in_parent
 def test_child_run_reports_not_implemented(tmp_path: Path) -> None:
-    other = {"name": "extra: vdisk desc", "message": "vdisk.desc", "fields": {}, "hex": "00" * 64}
+    other = {"name": "extra: unknown", "message": "ds.no_such_message", "fields": {}, "hex": "00" * 64}
     result = _run_child(tmp_path, {"format": FORMAT, "vectors": [GOOD, other]})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 conformance vector(s) not implemented" in result.stdout, result.stdout
-    assert "extra: vdisk desc (vdisk.desc)" in result.stdout, result.stdout
+    assert "extra: unknown (ds.no_such_message)" in result.stdout, result.stdout

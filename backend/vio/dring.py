@@ -177,12 +177,16 @@ class OwnedRing(Ring):
         return (self.cons + self.pending) % self.count
 
     def free_entries(self) -> int:
-        return self.count - self.pending
+        """Entries we may still queue. One always stays unused: with the ring
+        completely full, an ACK naming the entry before `cons` could mean
+        "all of them" or "none" (a late, already reaped ACK); as Linux does,
+        we never let the ring fill to remove that ambiguity."""
+        return self.count - 1 - self.pending
 
     def queue(self, payload: bytes, ack: bool) -> int:
         """Fill the next entry and mark it READY; returns its index."""
         index = self.prod
-        if self.pending == self.count or self.state(index) != _FREE:
+        if self.pending >= self.count - 1 or self.state(index) != _FREE:
             raise RingError(f"ring full: entry {index} is not FREE")
         if len(payload) > self.size - DESC_HEADER_SIZE:
             raise ValueError(f"payload of {len(payload)} bytes does not fit a {self.size}-byte descriptor")

@@ -458,3 +458,21 @@ def test_established_event_and_device_callback() -> None:
     connect(a, b)
     assert Established((1, 1)) in a.session.take_events()
     assert ("established", (1, 1)) in b.session.device.log
+
+
+def test_late_ack_with_a_full_ring_is_not_taken_for_everything() -> None:
+    """An ACK for an entry already reaped must not reap the whole ring when it is full."""
+    x, y = Peer(initiator=True, open_ended=True, ack_each=True), Peer(initiator=False)
+    a, b = make_pair(x, y)
+    connect(a, b)
+    ring = a.session.own_rings[0]
+    for n in range(4):
+        a.session.submit(ring, b"f%d" % n)
+    pump(a, b)
+    late = DringData(tag(a, MsgType.DATA, SubType.ACK, Env.DRING_DATA), 1, ring.ident, 3, 3, ProcState.STOPPED)
+    while ring.free_entries():
+        ring.queue(b"more", ack=False)  # fill it as far as it goes
+    assert ring.pending == ring.count - 1
+    a.session.receive(late.encode())  # entry 3 was reaped long ago
+    assert not any(isinstance(e, SessionReset) for e in a.session.take_events())
+    assert ring.pending == ring.count - 1
