@@ -755,6 +755,17 @@ class Session:
         self._rx_seq[stream] = seq
         return True
 
+    # ---- device-class messages -------------------------------------------------------------
+
+    def send_device_message(self, stype_env: int, payload: bytes) -> None:
+        """An INFO of a device-class envelope (0x0100 and up, e.g. VNET_MCAST_INFO)."""
+        self._require_established()
+        self._send(DeviceMessage(self._tag(MsgType.CTRL, SubType.INFO, stype_env), payload))
+
+    def reply_device_message(self, request: DeviceMessage, *, ack: bool, payload: bytes | None = None) -> None:
+        tag = request.tag.reply(SubType.ACK if ack else SubType.NACK)
+        self._send(DeviceMessage(tag, request.payload if payload is None else payload))
+
     # ---- DDS ---------------------------------------------------------------------------
 
     def send_dds(self, dds_class: int, subclass: int, body: bytes = b"") -> int:
