@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     label = actions.add_parser("label", help="show the disk's label, or write a new one")
     label.add_argument("--init", choices=["sun", "gpt"], help="write a default Sun (SMI VTOC) or GPT label first")
 
+    vsw = commands.add_parser("vsw", help="run a virtual switch: vnet ports on a socket, optionally a tap uplink")
+    vsw.add_argument("--name", default="vsw0", help="switch name")
+    vsw.add_argument("--socket", required=True, help="Unix socket vnet clients connect to")
+    vsw.add_argument("--mac", default="02:00:00:00:ff:01", help="the switch's own MAC (vnet attribute exchange)")
+    vsw.add_argument("--mtu", type=int, default=1500, help="port MTU (L3 bytes)")
+    vsw.add_argument("--uplink", help="create a tap device with this name as the uplink")
+    vsw.add_argument("--bridge", help="enslave the uplink to this Linux bridge (created if missing)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if args.command == "ldc-echo":
@@ -57,7 +65,56 @@ def main(argv: list[str] | None = None) -> int:
         return _vds(args)
     if args.command == "disk":
         return _disk(args)
+    if args.command == "vsw":
+        return _vsw(args)
     return 2
+
+
+def _vsw(args: argparse.Namespace) -> int:
+    import signal
+
+    from .errors import ConfigError
+    from .vswitch.switch import Switch
+    from .vswitch.vnet_port import SwitchServer
+
+    try:
+        mac = bytes.fromhex(args.mac.replace(":", ""))
+        if len(mac) != 6:
+            raise ValueError
+    except ValueError:
+        print(f"vio vsw: --mac {args.mac!r} is not a MAC address", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        switch = Switch(args.name)
+        server = SwitchServer(switch, args.socket, mac, mtu=args.mtu)
+        uplink = None
+        if args.uplink:
+            from .vswitch.tap import TapDevice, TapPort
+
+            device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge))
+            uplink = TapPort(device)
+            switch.attach(uplink, uplink=True)
+            uplink.attach(asyncio.get_running_loop(), lambda frame: switch.receive(uplink, frame, time.monotonic()))
+        await server.start()
+        print(f"vsw {args.name}: vnet ports on {args.socket}" + (f", uplink {args.uplink}" if args.uplink else ""), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+        if uplink is not None:
+            uplink.close()
+
+    import time
+
+    try:
+        asyncio.run(main())
+    except (OSError, ConfigError) as exc:
+        print(f"vio vsw: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _disk_spec(text: str) -> tuple[str, str, bool, int | None]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backend.ldc.memory import TransportCookie
-from backend.vio.constants import Env, MsgType, SubType
+from backend.vio.constants import MsgType, SubType
 from backend.vio.loopback import connect, make_pair, pump
-from backend.vio.messages import DdsInfo, DeviceMessage, Tag, decode
+from backend.vio.messages import DeviceMessage, Tag, decode
 from backend.vswitch.vnet import (
     DDS_FAIL, DDS_STATUS, DDS_VNET_NIU, DESC, FRAME_LEN, MCAST_INFO, McastInfo, NetAttrs, VnetDevice,
     negotiated_mtu,

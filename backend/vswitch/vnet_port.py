@@ -1,0 +1,150 @@
+"""vNet ports of a switch over LDC, and the vnet client library (asyncio edges).
+
+`VnetPort` is the switch side of one vnet connection: the VnetDevice's frames
+go into the switch, the switch's frames go out through the device. `VnetClient`
+is the guest side: a network device programs (and tests) can send and receive
+Ethernet frames with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from ..errors import GuestError
+from ..ldc.aio import LdcEndpoint, listen
+from ..ldc.channel import Channel
+from ..ldc.constants import Mode
+from ..vio.aio import VioEndpoint
+from .port import PortConfig
+from .switch import Switch
+from .vnet import FRAME_LEN, VnetDevice
+
+log = logging.getLogger(__name__)
+
+
+class VnetPort:
+    """One vnet client attached to a switch."""
+
+    def __init__(self, switch: Switch, ldc: LdcEndpoint, mac: bytes, config: PortConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.switch = switch
+        self.config = config
+        self.clock = clock
+        self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frame=self._from_vnet)
+        self.device.on_multicast = self._multicast
+        self.device.on_established = self._established  # type: ignore[method-assign]
+        self.endpoint = VioEndpoint(ldc, self.device)
+        self.attached = False
+
+    def _established(self, session) -> None:
+        VnetDevice.on_established(self.device, session)
+        version = session.version
+        header = 18 if version >= (1, 3) else 14
+        self.config.mtu = self.device.mtu - header
+        self.config.tagged = version >= (1, 3) and bool(self.config.vlans)
+        if not self.attached:
+            self.switch.attach(self)
+            self.attached = True
+        log.info("vsw %s: port %s up (vnet %d.%d, peer %s, frame MTU %d)", self.switch.name, self.config.name,
+                 version[0], version[1], self.device.peer_mac.hex(":") if self.device.peer_mac else "?", self.device.mtu)
+
+    def _from_vnet(self, frame: bytes) -> None:
+        self.switch.receive(self, frame, self.clock())
+
+    def _multicast(self, join: bool, group: bytes) -> None:
+        try:
+            if join:
+                self.switch.join(self, group, self.config.pvid)
+            else:
+                self.switch.leave(self, group, self.config.pvid)
+        except GuestError as exc:  # e.g. too many groups: the vnet keeps working without this one
+            log.warning("vsw %s: port %s multicast %s refused: %s", self.switch.name, self.config.name, group.hex(":"), exc)
+
+    def transmit(self, frame: bytes) -> None:
+        """A frame from the switch for this vnet."""
+        if self.device.send_frame(frame):
+            self.endpoint.pump_soon()
+
+    def detach(self) -> None:
+        if self.attached:
+            self.switch.detach(self)
+            self.attached = False
+
+
+class SwitchServer:
+    """A switch's vnet ports: one Unix socket, one port per connection."""
+
+    def __init__(self, switch: Switch, socket_path: str, mac: bytes, *, mtu: int = 1500, pvid: int = 1,
+                 vlans: frozenset[int] = frozenset(), clock: Callable[[], float] = time.monotonic) -> None:
+        self.switch, self.socket_path, self.mac = switch, socket_path, mac
+        self.mtu, self.pvid, self.vlans, self.clock = mtu, pvid, vlans, clock
+        self.ports: list[VnetPort] = []
+        self._listener: socket.socket | None = None
+        self._count = 0
+
+    async def start(self) -> None:
+        self._listener = listen(self.socket_path)
+        self._listener.setblocking(False)
+        asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError:
+                return
+            self._count += 1
+            config = PortConfig(f"{self.switch.name}-vnet{self._count}", self.mtu, self.pvid, self.vlans)
+            port = VnetPort(self.switch, LdcEndpoint(sock, Channel(Mode.UNRELIABLE)), self.mac, config, self.clock)
+            port.endpoint.ldc.channel.open()
+            port.endpoint.ldc.flush()
+            self.ports.append(port)
+            loop.create_task(self._reap(port))
+
+    async def _reap(self, port: VnetPort) -> None:
+        await port.endpoint.ldc.closed_event.wait()
+        port.detach()
+        self.ports.remove(port)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for port in list(self.ports):
+            port.endpoint.ldc.close()
+
+
+class VnetClient:
+    """A guest-side vnet: send frames, get frames, join multicast groups."""
+
+    def __init__(self, ldc: LdcEndpoint, mac: bytes, *, mtu: int = FRAME_LEN, on_frame: Callable[[bytes], None] | None = None) -> None:
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame or self.frames.put_nowait)
+        self.endpoint = VioEndpoint(ldc, self.device)
+        self.mac = mac
+
+    @classmethod
+    async def connect(cls, path: str, mac: bytes, **kwargs: object) -> VnetClient:
+        client = cls(await LdcEndpoint.connect(path, Mode.UNRELIABLE), mac, **kwargs)  # type: ignore[arg-type]
+        await client.endpoint.open()
+        return client
+
+    def send(self, frame: bytes, *, priority: bool = False) -> bool:
+        sent = self.device.send_priority(frame) if priority else self.device.send_frame(frame)
+        if sent:
+            self.endpoint.pump_soon()
+        return sent
+
+    async def receive(self, timeout: float = 5.0) -> bytes:
+        return await asyncio.wait_for(self.frames.get(), timeout)
+
+    def join(self, groups: list[bytes], join: bool = True) -> None:
+        self.device.set_multicast(groups, join)
+        self.endpoint.pump_soon()
+
+    def close(self) -> None:
+        self.endpoint.ldc.close()
