@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     label = actions.add_parser("label", help="show the disk's label, or write a new one")
     label.add_argument("--init", choices=["sun", "gpt"], help="write a default Sun (SMI VTOC) or GPT label first")
 
+    commands.add_parser("demo", help="show the working layers end to end (needs root for the network part)")
+
     vsw = commands.add_parser("vsw", help="run a virtual switch: vnet ports on a socket, optionally a tap uplink")
     vsw.add_argument("--name", default="vsw0", help="switch name")
     vsw.add_argument("--socket", required=True, help="Unix socket vnet clients connect to")
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return _disk(args)
     if args.command == "vsw":
         return _vsw(args)
+    if args.command == "demo":
+        from .demo import main as demo
+
+        return demo()
     return 2
 
 

@@ -32,15 +32,16 @@ async def receiver(path: str, count: int) -> None:
     client.send(frame(SENDER, RECEIVER, 60))  # let the switch learn us
     print("ready", flush=True)
     first = await client.receive(30)
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     got, size = 1, len(first)
     while got < count:
         try:
-            await client.receive(5)
+            await client.receive(2)
         except TimeoutError:
-            break
+            break  # the rest were dropped on the way (a switch drops what it cannot deliver)
         got += 1
-    elapsed = time.perf_counter() - start
+        last = time.perf_counter()
+    elapsed = last - start
     print(f"{got} {elapsed} {size}", flush=True)
     client.close()
 

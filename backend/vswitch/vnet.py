@@ -273,7 +273,7 @@ class VnetDevice(Device):
 
     def on_descriptors(self, session: Session, ring: int, batch: list[tuple[int, bytes]]) -> None:
         memory = session.memory.peer_memory
-        for index, payload in batch:
+        for _, payload in batch:
             frame = self._receive_one(memory, payload)
             if frame is not None:
                 self._deliver(frame)

@@ -13,7 +13,7 @@ from backend.vswitch.netns import add_netns_host, unique_name
 from backend.vswitch.switch import Switch
 from backend.vswitch.vnet_port import SwitchServer, VnetClient
 
-from .packets import arp, icmp_echo, parse_arp, parse_icmp
+from backend.vswitch.packets import arp, icmp_echo, parse_arp, parse_icmp
 
 SWITCH_MAC = bytes.fromhex("0200000000f1")
 

@@ -1,4 +1,4 @@
-"""Frames built by hand for the tests: ARP and ICMP echo over IPv4 (no IP stack of ours)."""
+"""ARP and ICMP echo frames built by hand, for tests and the demo (we have no IP stack)."""
 
 from __future__ import annotations
 
