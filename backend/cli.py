@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     vsw.add_argument("--mtu", type=int, default=1500, help="port MTU (L3 bytes)")
     vsw.add_argument("--uplink", help="create a tap device with this name as the uplink")
     vsw.add_argument("--bridge", help="enslave the uplink to this Linux bridge (created if missing)")
+    vsw.add_argument("--capture", metavar="FILE", help="write the uplink's traffic to a pcap file (tcpdump -r FILE)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -94,7 +95,9 @@ def _vsw(args: argparse.Namespace) -> int:
     async def main() -> None:
         switch = Switch(args.name)
         server = SwitchServer(switch, args.socket, mac, mtu=args.mtu)
-        uplink = None
+        uplink = recording = None
+        if args.capture and not args.uplink:
+            raise ConfigError("--capture records the uplink: give --uplink too")
         if args.uplink:
             from .vswitch.tap import TapDevice, TapPort
 
@@ -102,6 +105,10 @@ def _vsw(args: argparse.Namespace) -> int:
             uplink = TapPort(device)
             switch.attach(uplink, uplink=True)
             uplink.attach(asyncio.get_running_loop(), lambda frame: switch.receive(uplink, frame, time.monotonic()))
+            if args.capture:
+                from .vswitch.pcap import capture
+
+                recording = capture(switch, uplink, args.capture, offset=time.time() - time.monotonic())
         await server.start()
         print(f"vsw {args.name}: vnet ports on {args.socket}" + (f", uplink {args.uplink}" if args.uplink else ""), flush=True)
         stop = asyncio.Event()
@@ -110,6 +117,8 @@ def _vsw(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.close()
+        if recording is not None:
+            recording.close()
         if uplink is not None:
             uplink.close()
 

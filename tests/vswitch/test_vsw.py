@@ -144,8 +144,9 @@ def test_reconnect_with_a_new_mac_and_fdb_ageing(tmp_path) -> None:
 def test_kernel_answers_a_vnet_client_through_the_tap(tmp_path) -> None:
     tap, bridge = unique_name("vtap"), unique_name("vbr")
     socket_path = str(tmp_path / "vsw.sock")
+    pcap = tmp_path / "uplink.pcap"
     vsw = subprocess.Popen(
-        [sys.executable, "-m", "backend", "vsw", "--socket", socket_path, "--uplink", tap, "--bridge", bridge],
+        [sys.executable, "-m", "backend", "vsw", "--socket", socket_path, "--uplink", tap, "--bridge", bridge, "--capture", str(pcap)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -170,3 +171,5 @@ def test_kernel_answers_a_vnet_client_through_the_tap(tmp_path) -> None:
         assert vsw.wait(20) == 0
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert tap not in links and bridge not in links  # the switch removed what it created
+    dump = subprocess.run(["tcpdump", "-r", str(pcap), "-nn"], capture_output=True, text=True, check=True).stdout
+    assert "198.19.77.2 > 198.19.77.1: ICMP echo reply" in dump  # the uplink capture saw the kernel's answer
