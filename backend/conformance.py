@@ -24,7 +24,8 @@ from .vdisk import labels, scsi
 from .vdisk import protocol as vdisk
 from .vdisk.devid import DeviceId
 from .vio import messages as vio
-from .vio.constants import CTRL_MSG_SIZE, DESC_HEADER_SIZE
+from .vio.constants import CTRL_MSG_SIZE, DESC_HEADER_SIZE, SubType
+from .vswitch import vnet
 
 FORMAT = "sun4v-wire-vectors/1"
 DIRECTIONS = ("both", "decode")
@@ -55,7 +56,16 @@ class Codec:
     def expected(self, fields: Mapping[str, Any]) -> Fields:
         """The vector's fields with omitted ones zeroed and hex lowercased."""
         full = {**self.defaults(fields), **fields}
-        return {k: v.lower() if k in self.hex_fields and isinstance(v, str) else v for k, v in full.items()}
+        return {k: _lower_hex(v) if k in self.hex_fields else v for k, v in full.items()}
+
+
+def _lower_hex(value: Any) -> Any:
+    """A hex field, or an array of them (multicast addresses), lowercased."""
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, list):
+        return [v.lower() if isinstance(v, str) else v for v in value]
+    return value
 
 
 # --- ldc.packet ---------------------------------------------------------------
@@ -199,6 +209,7 @@ def _vio_codec(
     hex_fields: frozenset[str] = frozenset(),
     derived: Derived = _no_derived,
     view: Callable[[Any], Any] = lambda msg: msg,
+    env: int | None = None,
 ) -> Codec:
     """A codec for one VIO message class.
 
@@ -206,7 +217,9 @@ def _vio_codec(
     attribute of the same name of `view(message)`: the message itself, or the
     device payload it carries parsed); `build` makes the message from the tag
     and the full fields; `derived` gives fields that follow from the others
-    (DRING_REG's num_cookies), both as defaults and in the decoded output.
+    (DRING_REG's num_cookies), both as defaults and in the decoded output;
+    `env`, when given, is the only `stype_env` the bytes may carry (device
+    messages share one class, DeviceMessage).
     """
 
     def encode(fields: Mapping[str, Any]) -> bytes:
@@ -217,6 +230,8 @@ def _vio_codec(
         msg = vio.decode(data)
         if not isinstance(msg, cls):
             raise TypeError(f"bytes decode as {type(msg).__name__}, not {cls.__name__}")
+        if env is not None and msg.tag.stype_env != env:
+            raise ValueError(f"stype_env 0x{msg.tag.stype_env:04x}, not 0x{env:04x}")
         parsed = view(msg)
         out = {**_tag_out(msg.tag), **{name: _wire_value(getattr(parsed, name)) for name in body}}
         return {**out, **derived(out)}
@@ -231,11 +246,21 @@ def _dring_reg(tag: vio.Tag, f: Mapping[str, Any]) -> vio.DringReg:
     return vio.DringReg(tag, f["dring_ident"], f["num_descr"], f["descr_size"], f["options"], tuple(_cookies(f)))
 
 
-def _num_cookies(name: str) -> Derived:
-    return lambda f: {name: len(f.get("cookies", ()))}
+def _num_cookies(name: str, array: str = "cookies") -> Derived:
+    return lambda f: {name: len(f.get(array, ()))}
 
 
 _CTRL_BODY = CTRL_MSG_SIZE - vio.TAG.size  # ATTR_INFO's device payload
+
+
+def _attr_codec(attrs: type, zero: Any) -> Codec:
+    """ATTR_INFO of one device class: the tag plus the fields of its attribute record."""
+    return _vio_codec(
+        vio.AttrInfo,
+        _wire_value(zero),
+        lambda t, f: vio.AttrInfo(t, _record(attrs, f).encode()),
+        view=lambda msg: attrs.decode(msg.payload),
+    )
 
 
 # --- vdisk.* ---------------------------------------------------------------------
@@ -386,12 +411,7 @@ REGISTRY: dict[str, Codec] = {
         vio.PktData, {"seq": 0, "data": ""}, lambda t, f: vio.PktData(t, f["seq"], _hex_of_size(f, "data")),
         frozenset({"data"}),
     ),
-    "vio.attr_info.vdisk": _vio_codec(
-        vio.AttrInfo,
-        _wire_value(vdisk.DiskAttrs(0)),
-        lambda t, f: vio.AttrInfo(t, _record(vdisk.DiskAttrs, f).encode()),
-        view=lambda msg: vdisk.DiskAttrs.decode(msg.payload),
-    ),
+    "vio.attr_info.vdisk": _attr_codec(vdisk.DiskAttrs, vdisk.DiskAttrs(0)),
     "vdisk.desc": _payload_codec(
         _desc_encode,
         _desc_decode,
