@@ -78,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _vsw(args: argparse.Namespace) -> int:
-    import signal
-
     from .errors import ConfigError
     from .vswitch.switch import Switch
     from .vswitch.vnet_port import SwitchServer
@@ -111,11 +109,7 @@ def _vsw(args: argparse.Namespace) -> int:
                 recording = capture(switch, uplink, args.capture, offset=time.time() - time.monotonic())
         await server.start()
         print(f"vsw {args.name}: vnet ports on {args.socket}" + (f", uplink {args.uplink}" if args.uplink else ""), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_signalled()
         server.close()
         if recording is not None:
             recording.close()
@@ -124,12 +118,7 @@ def _vsw(args: argparse.Namespace) -> int:
 
     import time
 
-    try:
-        asyncio.run(main())
-    except (OSError, ConfigError) as exc:
-        print(f"vio vsw: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run(main, "vsw", (OSError, ConfigError))
 
 
 def _disk_spec(text: str) -> tuple[str, str, bool, int | None]:
@@ -152,8 +141,6 @@ def _disk_spec(text: str) -> tuple[str, str, bool, int | None]:
 
 
 def _vds(args: argparse.Namespace) -> int:
-    import signal
-
     from .vdisk.devid import device_id_for
     from .vdisk.engine import DiskEngine
     from .vdisk.serve import DiskServer
@@ -168,21 +155,12 @@ def _vds(args: argparse.Namespace) -> int:
             await server.start()
             servers.append(server)
             print(f"vds: serving {name} ({path}, {engine.size_bytes} bytes{', read-only' if read_only else ''}) on {server.socket_path}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_signalled()
         for server in servers:
             server.close()
             server.export.engine.close()
 
-    try:
-        asyncio.run(main())
-    except OSError as exc:
-        print(f"vio vds: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run(main, "vds", (OSError,))
 
 
 async def _label(client, init: str | None) -> None:
@@ -259,12 +237,28 @@ def _disk(args: argparse.Namespace) -> int:
         finally:
             client.close()
 
+    return _run(main, "disk", (OSError, ValueError))
+
+
+def _run(main, command: str, errors: tuple[type[BaseException], ...]) -> int:
+    """Run a command's coroutine; the errors a user can cause become one clear line and status 1."""
     try:
         asyncio.run(main())
-    except (OSError, ValueError) as exc:
-        print(f"vio disk: {exc}", file=sys.stderr)
+    except errors as exc:
+        print(f"vio {command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _until_signalled() -> None:
+    """Serve until SIGTERM or SIGINT (then the caller shuts down cleanly)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def _sizes(text: str) -> list[int]:

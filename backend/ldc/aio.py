@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..errors import BackendError, LinkDownError
@@ -283,6 +283,34 @@ def _fds_from(ancdata: list) -> list[int]:
             usable = len(payload) - len(payload) % 4
             fds.extend(array.array("i", payload[:usable]))
     return fds
+
+
+class SocketServer:
+    """Accepts SOCK_SEQPACKET connections on a Unix socket; each goes to `on_connection`."""
+
+    def __init__(self, path: str, on_connection: Callable[[socket.socket], None]) -> None:
+        self.path = path
+        self._on_connection = on_connection
+        self._listener: socket.socket | None = None
+
+    async def start(self) -> None:
+        self._listener = listen(self.path)
+        self._listener.setblocking(False)
+        asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError:
+                return  # the listener was closed
+            self._on_connection(sock)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
 
 
 def listen(path: str) -> socket.socket:

@@ -8,7 +8,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from ..ldc.aio import LdcEndpoint, listen
+from ..ldc.aio import LdcEndpoint, SocketServer
 from ..ldc.channel import Channel
 from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
@@ -24,22 +24,10 @@ class DiskServer:
         self.export = export
         self.socket_path = socket_path
         self.clients: list[VioEndpoint] = []
-        self._listener: socket.socket | None = None
+        self._server = SocketServer(socket_path, self._serve)
 
     async def start(self) -> None:
-        self._listener = listen(self.socket_path)
-        self._listener.setblocking(False)
-        asyncio.get_running_loop().create_task(self._accept_loop())
-
-    async def _accept_loop(self) -> None:
-        assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(self._listener)
-            except OSError:
-                return  # listener closed
-            self._serve(sock)
+        await self._server.start()
 
     def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -74,7 +62,6 @@ class DiskServer:
         self.clients.remove(endpoint)
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        self._server.close()
         for endpoint in list(self.clients):
             endpoint.ldc.close()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import GuestError
-from ..ldc.aio import LdcEndpoint, listen
+from ..ldc.aio import LdcEndpoint, SocketServer
 from ..ldc.channel import Channel
 from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
@@ -82,29 +82,20 @@ class SwitchServer:
         self.switch, self.socket_path, self.mac = switch, socket_path, mac
         self.mtu, self.pvid, self.vlans, self.clock = mtu, pvid, vlans, clock
         self.ports: list[VnetPort] = []
-        self._listener: socket.socket | None = None
+        self._server = SocketServer(socket_path, self._connected)
         self._count = 0
 
     async def start(self) -> None:
-        self._listener = listen(self.socket_path)
-        self._listener.setblocking(False)
-        asyncio.get_running_loop().create_task(self._accept_loop())
+        await self._server.start()
 
-    async def _accept_loop(self) -> None:
-        assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(self._listener)
-            except OSError:
-                return
-            self._count += 1
-            config = PortConfig(f"{self.switch.name}-vnet{self._count}", self.mtu, self.pvid, self.vlans)
-            port = VnetPort(self.switch, LdcEndpoint(sock, Channel(Mode.UNRELIABLE)), self.mac, config, self.clock)
-            port.endpoint.ldc.channel.open()
-            port.endpoint.ldc.flush()
-            self.ports.append(port)
-            loop.create_task(self._reap(port))
+    def _connected(self, sock: socket.socket) -> None:
+        self._count += 1
+        config = PortConfig(f"{self.switch.name}-vnet{self._count}", self.mtu, self.pvid, self.vlans)
+        port = VnetPort(self.switch, LdcEndpoint(sock, Channel(Mode.UNRELIABLE)), self.mac, config, self.clock)
+        port.endpoint.ldc.channel.open()
+        port.endpoint.ldc.flush()
+        self.ports.append(port)
+        asyncio.get_running_loop().create_task(self._reap(port))
 
     async def _reap(self, port: VnetPort) -> None:
         await port.endpoint.ldc.closed_event.wait()
@@ -112,8 +103,7 @@ class SwitchServer:
         self.ports.remove(port)
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        self._server.close()
         for port in list(self.ports):
             port.endpoint.ldc.close()
 
