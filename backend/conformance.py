@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .ldc import packet as ldc_packet
@@ -253,7 +254,7 @@ def _num_cookies(name: str, array: str = "cookies") -> Derived:
 _CTRL_BODY = CTRL_MSG_SIZE - vio.TAG.size  # ATTR_INFO's device payload
 
 
-def _attr_codec(attrs: type, zero: Any) -> Codec:
+def _attr_codec(attrs: Any, zero: Any) -> Codec:
     """ATTR_INFO of one device class: the tag plus the fields of its attribute record."""
     return _vio_codec(
         vio.AttrInfo,
@@ -359,6 +360,126 @@ def _vtoc(f: Mapping[str, Any]) -> labels.Vtoc:
 _SCSI_AREAS = {"cdb_len": "cdb", "sense_len": "sense", "datain_len": "data_in", "dataout_len": "data_out"}
 
 
+# --- vnet.*, dds.vnet_niu -------------------------------------------------------------
+#
+# vio.attr_info.vnet is ATTR_INFO with the fields of vnet.NetAttrs (addr: the MAC as
+# an integer, in the low 48 bits). vnet.mcast_info is the VNET_MCAST_INFO device
+# message: set, count (derived from mcast_addr), mcast_addr (6-byte hex strings).
+#
+# vnet.desc is a ring entry: the ring header, size, ncookies (derived), cookies, and
+# from 1.7 Linux's 8-byte extension `dext` {flags, hashval, ipv4_lso_mss, reserved}.
+# Linux puts the extension at &desc->cookies[2] whatever ncookies is, so a descriptor
+# with `dext` always has two cookie slots (an unused one zero) and is 56 bytes;
+# without it, it is 16 + 16 * ncookies bytes (40 is no multiple of 16: never ambiguous).
+# `dext.reserved` may be omitted (zero), and is decoded only when it is not zero.
+#
+# dds.vnet_niu is DDS_INFO with its 40-byte body typed as illumos dds.h types it
+# (vio_dds_msg_t's union `msg`): ACK/NACK responses {status} (dds_share_resp_msg_t),
+# ADD/DEL/REL_SHARE requests {macaddr, cookie} (dds_share_msg_t), MOD_SHARE requests
+# {macaddr, cookie, rx_res_map, tx_res_map} (dds_share_modify_msg_t), all u64. The
+# body bytes past the typed fields are `reserved` (hex, zero when omitted): illumos
+# vnet answers in the request's own buffer, overwriting only `status`, so its
+# responses still carry the request's cookie there. Other subclasses keep the raw
+# `body` of vio.dds_info.
+
+
+def _mcast(tag: vio.Tag, f: Mapping[str, Any]) -> vio.DeviceMessage:
+    addrs = tuple(_hex_of_size({"mcast_addr": a}, "mcast_addr", 6) for a in f["mcast_addr"])
+    return vio.DeviceMessage(tag, vnet.McastInfo(bool(f["set"]), addrs).encode())
+
+
+def _mcast_view(msg: vio.DeviceMessage) -> Any:
+    info = vnet.McastInfo.decode(msg.payload)
+    return SimpleNamespace(set=int(info.set), mcast_addr=info.addrs)
+
+
+_NET_DEXT = struct.Struct(">BBHI")  # flags, hashval, ipv4_lso_mss, reserved
+_DEXT_FIELDS = ("flags", "hashval", "ipv4_lso_mss")
+_DEXT_SLOTS = 2  # the extension sits where a third cookie would
+
+
+def _net_desc_encode(f: Mapping[str, Any]) -> bytes:
+    cookies = b"".join(c.encode() for c in _cookies(f))
+    dext = f.get("dext")
+    if dext is not None:
+        if len(f["cookies"]) > _DEXT_SLOTS:
+            raise ValueError(f"a descriptor with the extension has {_DEXT_SLOTS} cookie slots, not {len(f['cookies'])}")
+        slots = cookies.ljust(_DEXT_SLOTS * TRANSPORT_COOKIE.size, b"\0")
+        cookies = slots + _NET_DEXT.pack(*(dext[name] for name in _DEXT_FIELDS), dext.get("reserved", 0))
+    return _RING_HEADER.pack(f["dstate"], f["ack"]) + vnet.DESC.pack(f["size"], len(f["cookies"])) + cookies
+
+
+def _net_desc_decode(data: bytes) -> Fields:
+    dstate, ack = _RING_HEADER.unpack_from(data)
+    size, ncookies = vnet.DESC.unpack_from(data, _RING_HEADER.size)
+    start = _RING_HEADER.size + vnet.DESC.size
+    room = (len(data) - start) // TRANSPORT_COOKIE.size
+    if ncookies > room:
+        raise ValueError(f"ncookies {ncookies}, but {len(data)} bytes hold {room} cookies")
+    cookies = [TransportCookie.decode(data, start + i * TRANSPORT_COOKIE.size) for i in range(ncookies)]
+    out: Fields = {"dstate": dstate, "ack": ack, "size": size, "cookies": _wire_value(cookies)}
+    dext_at = start + _DEXT_SLOTS * TRANSPORT_COOKIE.size
+    if ncookies <= _DEXT_SLOTS and len(data) == dext_at + _NET_DEXT.size:
+        *values, reserved = _NET_DEXT.unpack_from(data, dext_at)
+        out["dext"] = {**dict(zip(_DEXT_FIELDS, values, strict=True)), **({"reserved": reserved} if reserved else {})}
+    return out
+
+
+_DDS_INFO = _vio_codec(
+    vio.DdsInfo,
+    {"dds_class": 0, "dds_subclass": 0, "dds_req_id": 0, "body": "00" * vio.DdsInfo.BODY_SIZE},
+    lambda t, f: vio.DdsInfo(
+        t, f["dds_class"], f["dds_subclass"], f["dds_req_id"], _hex_of_size(f, "body", vio.DdsInfo.BODY_SIZE)
+    ),
+    frozenset({"body"}),
+)
+
+_DDS_SHARE = (struct.Struct(">QQ"), ("macaddr", "cookie"))
+_DDS_NIU_REQUESTS = {
+    0x1: _DDS_SHARE,  # ADD_SHARE
+    0x2: _DDS_SHARE,  # DEL_SHARE
+    0x3: _DDS_SHARE,  # REL_SHARE
+    0x4: (struct.Struct(">QQQQ"), ("macaddr", "cookie", "rx_res_map", "tx_res_map")),  # MOD_SHARE
+}
+_DDS_NIU_RESPONSE = (vnet.DDS_STATUS, ("status",))
+
+
+def _dds_niu_body(fields: Mapping[str, Any]) -> tuple[struct.Struct, tuple[str, ...]] | None:
+    """The typed layout of a DDS_INFO body (None: keep it as raw `body`)."""
+    if fields.get("stype") in (SubType.ACK, SubType.NACK):
+        return _DDS_NIU_RESPONSE
+    return _DDS_NIU_REQUESTS.get(fields.get("dds_subclass", 0))
+
+
+def _dds_niu_encode(f: Mapping[str, Any]) -> bytes:
+    layout = _dds_niu_body(f)
+    if layout is None:
+        return _DDS_INFO.encode(f)
+    body, names = layout
+    raw = body.pack(*(f[name] for name in names)) + _hex_of_size(f, "reserved", vio.DdsInfo.BODY_SIZE - body.size)
+    return _DDS_INFO.encode({**f, "body": raw.hex()})
+
+
+def _dds_niu_decode(data: bytes, context: Mapping[str, Any]) -> Fields:
+    out = _DDS_INFO.decode(data, context)
+    layout = _dds_niu_body(out)
+    if layout is None:
+        return out
+    body, names = layout
+    raw = bytes.fromhex(out.pop("body"))
+    return {**out, **dict(zip(names, body.unpack_from(raw), strict=True)), "reserved": raw[body.size :].hex()}
+
+
+def _dds_niu_defaults(fields: Mapping[str, Any]) -> Fields:
+    generic = _DDS_INFO.defaults(fields)
+    layout = _dds_niu_body(fields)
+    if layout is None:
+        return generic
+    body, names = layout
+    del generic["body"]
+    return {**generic, **dict.fromkeys(names, 0), "reserved": "00" * (vio.DdsInfo.BODY_SIZE - body.size)}
+
+
 REGISTRY: dict[str, Codec] = {
     "ldc.packet": Codec(_packet_encode, _packet_decode, _packet_defaults, frozenset({"payload"})),
     "ldc.transport_cookie": Codec(
@@ -399,19 +520,29 @@ REGISTRY: dict[str, Codec] = {
         lambda t, f: vio.DescData(t, f["seq"], f["desc_handle"], _hex_of_size(f, "payload")),
         frozenset({"payload"}),
     ),
-    "vio.dds_info": _vio_codec(
-        vio.DdsInfo,
-        {"dds_class": 0, "dds_subclass": 0, "dds_req_id": 0, "body": "00" * vio.DdsInfo.BODY_SIZE},
-        lambda t, f: vio.DdsInfo(
-            t, f["dds_class"], f["dds_subclass"], f["dds_req_id"], _hex_of_size(f, "body", vio.DdsInfo.BODY_SIZE)
-        ),
-        frozenset({"body"}),
-    ),
+    "vio.dds_info": _DDS_INFO,
     "vio.pkt_data": _vio_codec(
         vio.PktData, {"seq": 0, "data": ""}, lambda t, f: vio.PktData(t, f["seq"], _hex_of_size(f, "data")),
         frozenset({"data"}),
     ),
     "vio.attr_info.vdisk": _attr_codec(vdisk.DiskAttrs, vdisk.DiskAttrs(0)),
+    "vio.attr_info.vnet": _attr_codec(vnet.NetAttrs, vnet.NetAttrs(0, 0, 0, 0, 0, 0, 0)),
+    "vnet.mcast_info": _vio_codec(
+        vio.DeviceMessage,
+        {"set": 0, "mcast_addr": []},
+        _mcast,
+        frozenset({"mcast_addr"}),
+        _num_cookies("count", "mcast_addr"),
+        view=_mcast_view,
+        env=vnet.MCAST_INFO,
+    ),
+    "vnet.desc": _payload_codec(
+        _net_desc_encode,
+        _net_desc_decode,
+        {"dstate": 0, "ack": 0, "size": 0, "cookies": []},
+        derived=_num_cookies("ncookies"),
+    ),
+    "dds.vnet_niu": Codec(_dds_niu_encode, _dds_niu_decode, _dds_niu_defaults, frozenset({"body", "reserved"})),
     "vdisk.desc": _payload_codec(
         _desc_encode,
         _desc_decode,

@@ -197,6 +197,7 @@ class Channel(Outbox):
         self._reliable = self.mode is Mode.RELIABLE
         super().__init__()
         self._opened = False
+        self._closed = False
         self.state = State.DOWN
         self.version: tuple[int, int] | None = None
         self.dropped_packets = 0  # stale data received while the link was not up
@@ -207,12 +208,14 @@ class Channel(Outbox):
     def open(self) -> None:
         """Bring the link up: offer our highest version (and again after resets)."""
         self._opened = True
+        self._closed = False
         if self.state is State.DOWN:
             self._send_vers(self.versions[0])
 
     def close(self) -> None:
-        """Take the link down for good and tell the peer."""
+        """Take the link down for good and tell the peer (until open() again)."""
         self._opened = False
+        self._closed = True
         self._reset("closed locally", by_peer=False, notify_peer=True, restart=False)
 
     @property
@@ -239,6 +242,9 @@ class Channel(Outbox):
     def receive(self, data: bytes | bytearray | memoryview) -> None:
         """Feed whole packets (any multiple of 64 bytes) received from the peer."""
         view = memoryview(data).cast("B")
+        if self._closed:
+            self.dropped_packets += len(view) // PACKET_SIZE  # closed: we take no part in a handshake
+            return
         if len(view) % PACKET_SIZE:
             self._violation(f"transport delivered {len(view)} bytes, not a whole number of {PACKET_SIZE}-byte packets")
             return

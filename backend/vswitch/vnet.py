@@ -87,6 +87,8 @@ class McastInfo:
     def encode(self) -> bytes:
         if not 1 <= len(self.addrs) <= MAX_MCAST:
             raise ValueError(f"MCAST_INFO carries 1..{MAX_MCAST} addresses, not {len(self.addrs)}")
+        if any(len(addr) != 6 for addr in self.addrs):
+            raise ValueError("multicast addresses are 6 bytes each")
         return MCAST.pack(int(self.set), len(self.addrs), b"".join(self.addrs))
 
     @classmethod
@@ -151,7 +153,7 @@ class VnetDevice(Device):
         self.peer_mac: bytes | None = None
         self.version: tuple[int, int] | None = None
         self.multicast: set[bytes] = set()  # groups the peer joined (switch side)
-        self.on_multicast: Callable[[bool, bytes], None] | None = None
+        self.on_multicast: Callable[[bool, bytes], bool] | None = None  # join/leave; False: refused
         self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0)
         self._slots: list[_TxSlot] = []
         self._buffers: Segment | None = None
@@ -338,20 +340,29 @@ class VnetDevice(Device):
         return True
 
     def _apply_multicast(self, info: McastInfo) -> bool:
-        """Seed rule: NACK an address already set, or one unset but never set."""
-        if any(not addr[0] & 1 for addr in info.addrs):
+        """Seed rule: NACK an address already set, or one unset but never set.
+
+        Also NACKed: non-multicast or broadcast addresses, an address twice in
+        one message, and a group the switch refuses (then nothing of the
+        message is applied)."""
+        addrs = info.addrs
+        if any(not addr[0] & 1 or addr == b"\xff" * 6 for addr in addrs) or len(set(addrs)) != len(addrs):
             return False
-        if info.set and any(addr in self.multicast for addr in info.addrs):
+        if info.set and any(addr in self.multicast for addr in addrs):
             return False
-        if not info.set and any(addr not in self.multicast for addr in info.addrs):
+        if not info.set and any(addr not in self.multicast for addr in addrs):
             return False
-        for addr in info.addrs:
-            if info.set:
-                self.multicast.add(addr)
-            else:
-                self.multicast.discard(addr)
-            if self.on_multicast is not None:
-                self.on_multicast(info.set, addr)
+        done: list[bytes] = []
+        for addr in addrs:
+            if self.on_multicast is not None and not self.on_multicast(info.set, addr):
+                for undo in done:  # all or nothing
+                    self.on_multicast(not info.set, undo)
+                return False
+            done.append(addr)
+        if info.set:
+            self.multicast.update(addrs)
+        else:
+            self.multicast.difference_update(addrs)
         return True
 
     # ---- DDS -----------------------------------------------------------------------------------

@@ -54,14 +54,16 @@ class VnetPort:
     def _from_vnet(self, frame: bytes) -> None:
         self.switch.receive(self, frame, self.clock())
 
-    def _multicast(self, join: bool, group: bytes) -> None:
+    def _multicast(self, join: bool, group: bytes) -> bool:
         try:
             if join:
                 self.switch.join(self, group, self.config.pvid)
             else:
                 self.switch.leave(self, group, self.config.pvid)
-        except GuestError as exc:  # e.g. too many groups: the vnet keeps working without this one
+            return True
+        except GuestError as exc:  # e.g. too many groups: NACKed, the vnet keeps working
             log.warning("vsw %s: port %s multicast %s refused: %s", self.switch.name, self.config.name, group.hex(":"), exc)
+            return False
 
     def transmit(self, frame: bytes) -> None:
         """A frame from the switch for this vnet."""

@@ -120,7 +120,7 @@ def test_attribute_refusals() -> None:
 def test_multicast_set_and_unset_rules() -> None:
     a, b, client, switch, *_ = pair()
     joined = []
-    switch.on_multicast = lambda on, group: joined.append((on, group))
+    switch.on_multicast = lambda on, group: joined.append((on, group)) or True
     groups = [bytes.fromhex(f"01005e0000{n:02x}") for n in range(1, 10)]
     client.set_multicast(groups)  # 9 groups: two messages (7 + 2)
     pump(a, b)
@@ -142,6 +142,19 @@ def test_malformed_mcast_info_is_nacked() -> None:
     assert reply.tag.stype == SubType.NACK and switch.multicast == set()
     with pytest.raises(ValueError):
         McastInfo(True, tuple([GROUP] * 8)).encode()
+    with pytest.raises(ValueError):
+        McastInfo(True, (bytes.fromhex("01005e01"),)).encode()
+
+
+def test_multicast_refusals_apply_nothing() -> None:
+    a, b, client, switch, *_ = pair()
+    refused = bytes.fromhex("01005e0000aa")
+    switch.on_multicast = lambda on, group: group != refused  # the switch refuses this one group
+    client.set_multicast([GROUP, GROUP])  # twice in one message
+    client.set_multicast([b"\xff" * 6])  # broadcast is not a group
+    client.set_multicast([GROUP, refused])  # all or nothing
+    pump(a, b)
+    assert [ok for _, ok in client.mcast_replies] == [False, False, False] and switch.multicast == set()
 
 
 def test_dds_niu_share_request_fails_with_status() -> None:
