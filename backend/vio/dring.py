@@ -160,9 +160,13 @@ class Done:
 class OwnedRing(Ring):
     """The requester's ring: queue requests, reap what the processor finished."""
 
-    def __init__(self, memory: RingMemory, count: int, size: int, options: int) -> None:
+    def __init__(self, memory: RingMemory, count: int, size: int, options: int, *, ack_each: bool = True,
+                 open_ended: bool = False) -> None:
         super().__init__(memory, count, size)
         self.options = options
+        self.ack_each = ack_each  # set the ACK bit unless a request says otherwise
+        self.open_ended = open_ended  # kick with end_idx = -1 and let the processor walk
+        self.unregistering = False  # our DRING_UNREG is out
         self.ident: int | None = None  # given by the peer's DRING_REG ACK
         self.seq = 0  # last DRING_DATA seq we sent for this ring
         self.cons = 0  # next entry we expect back

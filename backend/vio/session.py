@@ -385,8 +385,8 @@ class Session:
         segment = spares.pop() if spares else self.memory.allocate_segment(size)
         export = self.memory.export(segment, 0, nbytes, PERM_RW)
         self._own_exports.append((export, segment))
-        ring = OwnedRing(RingMemory([segment.view[:nbytes]]), spec.count, spec.size, spec.options)
-        ring.spec = spec  # type: ignore[attr-defined]
+        ring = OwnedRing(RingMemory([segment.view[:nbytes]]), spec.count, spec.size, spec.options,
+                         ack_each=spec.ack_each, open_ended=spec.open_ended)
         return ring, export.cookies
 
     def _on_dring_reg(self, message: DringReg) -> None:
@@ -454,20 +454,20 @@ class Session:
                 self._send(DringUnreg(message.tag.reply(SubType.ACK), message.dring_ident))
             return
         ring = next((r for r in self._own_rings if r.ident == message.dring_ident), None)
-        if ring is None or not getattr(ring, "unregistering", False):
+        if ring is None or not ring.unregistering:
             self._events.append(Rejected(f"DRING_UNREG reply for ring {message.dring_ident} we are not unregistering"))
             return
         if stype == SubType.ACK:
             self._own_rings.remove(ring)
         else:
-            ring.unregistering = False  # type: ignore[attr-defined]
+            ring.unregistering = False
             self._events.append(Rejected(f"peer NACKed unregistration of ring {message.dring_ident}"))
 
     def unregister_ring(self, ring: OwnedRing) -> None:
         """Ask the peer to forget one of our rings; data for it is NACKed from then on."""
         if ring not in self._own_rings or ring.ident is None:
             raise ValueError("not a registered ring of this session")
-        ring.unregistering = True  # type: ignore[attr-defined]
+        ring.unregistering = True
         self._send(DringUnreg(self._tag(MsgType.CTRL, SubType.INFO, Env.DRING_UNREG), ring.ident))
 
     def _rings_settled(self) -> bool:
@@ -517,9 +517,8 @@ class Session:
         """Queue one descriptor on our ring and tell the processor; returns its index."""
         if not self.established or ring.ident is None or ring not in self._own_rings:
             raise BackendError("session not established or ring not registered")
-        spec: RingSpec = ring.spec  # type: ignore[attr-defined]
-        index = ring.queue(payload, spec.ack_each if ack is None else ack)
-        if spec.open_ended:
+        index = ring.queue(payload, ring.ack_each if ack is None else ack)
+        if ring.open_ended:
             if not ring.processor_active:
                 self._kick(ring, index, END_OPEN)
         else:

@@ -154,6 +154,7 @@ class VnetDevice(Device):
         self.version: tuple[int, int] | None = None
         self.multicast: set[bytes] = set()  # groups the peer joined (switch side)
         self.on_multicast: Callable[[bool, bytes], bool] | None = None  # join/leave; False: refused
+        self.on_up: Callable[[Session], None] | None = None  # the session is established
         self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0)
         self._slots: list[_TxSlot] = []
         self._buffers: Segment | None = None
@@ -204,6 +205,8 @@ class VnetDevice(Device):
         self._session = session
         self.version = session.version
         self._prepare_buffers(session)
+        if self.on_up is not None:
+            self.on_up(session)
 
     def on_reset(self, reason: str) -> None:
         self._session = None

@@ -19,6 +19,7 @@ from ..ldc.aio import LdcEndpoint, SocketServer
 from ..ldc.channel import Channel
 from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
+from ..vio.session import Session
 from .port import PortConfig
 from .switch import Switch
 from .vnet import FRAME_LEN, VnetDevice
@@ -35,13 +36,13 @@ class VnetPort:
         self.clock = clock
         self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frame=self._from_vnet)
         self.device.on_multicast = self._multicast
-        self.device.on_established = self._established  # type: ignore[method-assign]
+        self.device.on_up = self._established
         self.endpoint = VioEndpoint(ldc, self.device)
         self.attached = False
 
-    def _established(self, session) -> None:
-        VnetDevice.on_established(self.device, session)
+    def _established(self, session: Session) -> None:
         version = session.version
+        assert version is not None
         header = 18 if version >= (1, 3) else 14
         self.config.mtu = self.device.mtu - header
         self.config.tagged = version >= (1, 3) and bool(self.config.vlans)
