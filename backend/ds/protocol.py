@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
 
+from ..outbox import Outbox
 from .messages import (
     CLIENT_HANDLE_BIT,
     Data,
@@ -117,7 +118,7 @@ class PortEvent:
 Event = Union[Registered, Unregistered, DataReceived, PortEvent]
 
 
-class DsPort:
+class DsPort(Outbox[bytes, Event]):
     """One DS port in either role."""
 
     def __init__(self, *, initiator: bool, versions: tuple[tuple[int, int], ...] = DS_VERSIONS) -> None:
@@ -127,8 +128,7 @@ class DsPort:
         self.version: tuple[int, int] | None = None
         self.services: list[Service] = []
         self._framer = Framer()
-        self._output: list[bytes] = []
-        self._events: list[Event] = []
+        super().__init__()
         self._offered: tuple[int, int] | None = None
 
     # ---- services ---------------------------------------------------------------------
@@ -356,10 +356,3 @@ class DsPort:
     def _send(self, message: Message) -> None:
         self._output.append(encode(message))
 
-    def take_output(self) -> list[bytes]:
-        out, self._output = self._output, []
-        return out
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events

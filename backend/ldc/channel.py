@@ -65,6 +65,7 @@ from .constants import (
 )
 from .packet import CONTROL_ACKID, HEADER, RELIABLE_HEADER, Packet, PacketError, control, decode, encode, version_payload
 from ..errors import LinkDownError
+from ..outbox import Outbox as BaseOutbox
 
 SEQ_MASK = 0xFFFF_FFFF
 # Plain ints for the hot paths (enum arithmetic costs a function call each).
@@ -126,21 +127,9 @@ class _Violation(Exception):
     """Internal: abort processing of the current packet and reset."""
 
 
-class Outbox:
-    """What a sans-I/O channel has for the outside: output for the wire, events for the user."""
-
-    def __init__(self) -> None:
-        self._output: list[Output] = []
-        self._events: list[Event] = []
-
-    def take_output(self) -> list[Output]:
-        """Bytes of whole packets (each item one or more) and RESET signals, in order."""
-        out, self._output = self._output, []
-        return out
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
+class Outbox(BaseOutbox[Output, Event]):
+    """An LDC end's outbox: bytes of whole packets (each item one or more) and
+    RESET signals, in order; and link events."""
 
 
 _HANDSHAKE: dict[tuple[State, int, int], str] = {

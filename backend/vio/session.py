@@ -53,6 +53,7 @@ from enum import Enum
 from typing import Protocol, Union
 
 from ..errors import BackendError
+from ..outbox import Outbox
 from ..ldc.memory import PERM_RW, Export, PeerMemory, Segment, TransportCookie
 from .constants import (
     DESC_HEADER_SIZE,
@@ -148,15 +149,14 @@ def _env_name(env: int) -> str:
         return f"envelope 0x{env:04x}"
 
 
-class Session:
+class Session(Outbox[bytes, Event]):
     """One end of a VIO session, in either role."""
 
     def __init__(self, device: Device, memory: SessionMemory, *, sid_source: Callable[[], int] | None = None) -> None:
         self.device = device
         self.memory = memory
         self._new_sid = sid_source or (lambda: random.getrandbits(32))
-        self._output: list[bytes] = []
-        self._events: list[Event] = []
+        super().__init__()
         self._spare_segments: dict[int, list[Segment]] = {}
         self._failures = 0
         self._link_up = False
@@ -200,14 +200,6 @@ class Session:
 
     def peer_ring(self, ident: int) -> ImportedRing | None:
         return self._peer_rings.get(ident)
-
-    def take_output(self) -> list[bytes]:
-        out, self._output = self._output, []
-        return out
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
 
     # ---- link events -----------------------------------------------------------------
 
