@@ -49,12 +49,8 @@ async def receiver(path: str, count: int) -> None:
 async def sender(path: str, count: int, size: int) -> None:
     client = await VnetClient.connect(path, SENDER)
     data = frame(RECEIVER, SENDER, size)
-    sent = 0
-    while sent < count:
-        if client.send(data):
-            sent += 1
-        else:
-            await asyncio.sleep(0)  # ring full: let completions come back
+    for _ in range(count):
+        await client.send_when_possible(data)
     await asyncio.sleep(1)
     client.close()
 

@@ -39,6 +39,7 @@ VLAN_LEN = 4
 PACKET_SKIP = 6
 MAX_FRAME = 65535 + 14 + 4
 MAX_MCAST = 7
+ACK_EVERY = 32  # TX descriptors per requested ACK
 
 ATTR = struct.Struct(">BBHBBxxQQHH20x")  # the 48 bytes after the VIO tag
 MCAST = struct.Struct(">BB42s4x")
@@ -155,6 +156,7 @@ class VnetDevice(Device):
         self.multicast: set[bytes] = set()  # groups the peer joined (switch side)
         self.on_multicast: Callable[[bool, bytes], bool] | None = None  # join/leave; False: refused
         self.on_up: Callable[[Session], None] | None = None  # the session is established
+        self.on_tx_space: Callable[[], None] | None = None  # TX ring entries came back
         self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0)
         self._slots: list[_TxSlot] = []
         self._buffers: Segment | None = None
@@ -216,6 +218,14 @@ class VnetDevice(Device):
                 self.on_multicast(False, group)
         self.multicast.clear()
 
+    def tx_free(self) -> int:
+        """TX ring entries free for frames (0 when the link is down)."""
+        return self._session.own_rings[0].free_entries() if self.is_up and self._session and self._session.own_rings else 0
+
+    @property
+    def is_up(self) -> bool:
+        return self._session is not None and self._session.established
+
     @property
     def vlan_tags_allowed(self) -> bool:
         return self.version is not None and self.version >= (1, 3)
@@ -249,7 +259,9 @@ class VnetDevice(Device):
         cookie = slot.export.cookies[0]
         length = -(-(len(frame) + PACKET_SKIP) // 8) * 8
         payload = DESC.pack(len(frame), 1) + TRANSPORT_COOKIE.pack(cookie.addr, length)
-        session.submit(ring, payload)
+        # Now and then ask for an ACK: under steady traffic the peer keeps walking
+        # our ring and would otherwise only answer (STOPPED) when it runs dry.
+        session.submit(ring, payload, ack=ring.pending % ACK_EVERY == ACK_EVERY - 1)
         self.counters["tx_frames"] += 1
         self.counters["tx_bytes"] += len(frame)
         return True
@@ -273,6 +285,10 @@ class VnetDevice(Device):
             return False
         tagged = frame[12:14] == b"\x81\x00"
         return not tagged or self.vlan_tags_allowed
+
+    def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
+        if self.on_tx_space is not None:
+            self.on_tx_space()
 
     # ---- frames in -----------------------------------------------------------------------
 

@@ -119,6 +119,8 @@ class VnetClient:
         self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame or self.frames.put_nowait)
         self.endpoint = VioEndpoint(ldc, self.device)
         self.mac = mac
+        self._space = asyncio.Event()
+        self.device.on_tx_space = self._space.set
 
     @classmethod
     async def connect(cls, path: str, mac: bytes, **kwargs: object) -> VnetClient:
@@ -131,6 +133,18 @@ class VnetClient:
         if sent:
             self.endpoint.pump_soon()
         return sent
+
+    async def send_when_possible(self, frame: bytes, timeout: float = 5.0) -> None:
+        """Send, waiting while our TX ring is full (flow control for bulk senders)."""
+        if not 14 <= len(frame) <= self.device.mtu:
+            raise ConnectionError(f"a {len(frame)}-byte frame does not fit this vnet (MTU {self.device.mtu})")
+        while not self.device.tx_free():
+            if not self.device.is_up:
+                raise ConnectionError("vnet link is down")
+            self._space.clear()
+            await asyncio.wait_for(self._space.wait(), timeout)
+        if not self.send(frame):
+            raise ConnectionError("vnet refused the frame")
 
     async def receive(self, timeout: float = 5.0) -> bytes:
         if not self.frames.empty():  # the common case under load: no timer, no task

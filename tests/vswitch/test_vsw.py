@@ -173,3 +173,28 @@ def test_kernel_answers_a_vnet_client_through_the_tap(tmp_path) -> None:
     assert tap not in links and bridge not in links  # the switch removed what it created
     dump = subprocess.run(["tcpdump", "-r", str(pcap), "-nn"], capture_output=True, text=True, check=True).stdout
     assert "198.19.77.2 > 198.19.77.1: ICMP echo reply" in dump  # the uplink capture saw the kernel's answer
+
+
+def test_a_bulk_sender_waits_for_ring_space_instead_of_dropping(tmp_path) -> None:
+    async def main() -> None:
+        switch, (path,) = await switch_with(tmp_path, 1)
+        got: list[bytes] = []
+        a = await VnetClient.connect(path, mac(1))
+        b = await VnetClient.connect(path, mac(2), on_frame=got.append)
+        b.send((a.mac + b.mac + b"\x88\xb5").ljust(60, b"\0"))  # the switch learns b
+        await asyncio.sleep(0.1)
+        frames = [(b.mac + a.mac + b"\x88\xb5" + n.to_bytes(4, "big")).ljust(60, b"\0") for n in range(2000)]
+        for frame in frames:  # far more than a ring holds
+            await a.send_when_possible(frame)
+        for _ in range(100):
+            if len(got) == len(frames):
+                break
+            await asyncio.sleep(0.05)
+        assert a.device.counters["tx_dropped"] == 0
+        assert got == frames  # in one process nothing is faster than the receiver: all arrive, in order
+        with pytest.raises(ConnectionError):
+            await a.send_when_possible(b"runt")
+        a.close()
+        b.close()
+
+    run(main())
