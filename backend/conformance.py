@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .ds import messages as ds
 from .ldc import packet as ldc_packet
 from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
 from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
@@ -480,6 +481,52 @@ def _dds_niu_defaults(fields: Mapping[str, Any]) -> Fields:
     return {**generic, **dict.fromkeys(names, 0), "reserved": "00" * (vio.DdsInfo.BODY_SIZE - body.size)}
 
 
+# --- Domain Services: whole messages (8-byte header + payload) -------------------------
+
+
+def _ds_codec(cls: type, kind: ds.MsgType, zero: Any, hex_fields: frozenset[str] = frozenset()) -> Codec:
+    """A DS message: the header fields msg_type and payload_len, then the message's own."""
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def encode(f: Mapping[str, Any]) -> bytes:
+        message = cls(**{n: bytes.fromhex(f[n]) if n in hex_fields else f[n] for n in names})
+        return ds.encode(message)
+
+    def decode(data: bytes) -> Fields:
+        msg_type, _ = ds.HEADER.unpack_from(data, 0)
+        if msg_type != kind:
+            raise TypeError(f"message type 0x{msg_type:x}, expected {kind.name}")
+        message = ds.decode(msg_type, data[ds.HEADER.size :])
+        return {n: _wire_value(getattr(message, n)) for n in names}
+
+    def derived(f: Mapping[str, Any]) -> Fields:
+        return {"msg_type": int(kind)}
+
+    def payload_len(f: Mapping[str, Any]) -> Fields:
+        return {**derived(f), "payload_len": len(encode({**_wire_value_dict(zero), **f})) - ds.HEADER.size}
+
+    return _payload_codec(encode, decode, _wire_value_dict(zero), hex_fields, payload_len)
+
+
+def _wire_value_dict(record: Any) -> Fields:
+    return {f.name: _wire_value(getattr(record, f.name)) for f in dataclasses.fields(record)}
+
+
+_DS_MESSAGES: dict[str, tuple[type, ds.MsgType, Any, frozenset[str]]] = {
+    "ds.init_req": (ds.InitReq, ds.MsgType.INIT_REQ, ds.InitReq(0, 0), frozenset()),
+    "ds.init_ack": (ds.InitAck, ds.MsgType.INIT_ACK, ds.InitAck(0), frozenset()),
+    "ds.init_nack": (ds.InitNack, ds.MsgType.INIT_NACK, ds.InitNack(0), frozenset()),
+    "ds.reg_req": (ds.RegReq, ds.MsgType.REG_REQ, ds.RegReq(0, 0, 0, "x"), frozenset()),
+    "ds.reg_ack": (ds.RegAck, ds.MsgType.REG_ACK, ds.RegAck(0, 0), frozenset()),
+    "ds.reg_nack": (ds.RegNack, ds.MsgType.REG_NACK, ds.RegNack(0, 0, 0), frozenset()),
+    "ds.unreg_req": (ds.UnregReq, ds.MsgType.UNREG_REQ, ds.UnregReq(0), frozenset()),
+    "ds.unreg_ack": (ds.UnregAck, ds.MsgType.UNREG_ACK, ds.UnregAck(0), frozenset()),
+    "ds.unreg_nack": (ds.UnregNack, ds.MsgType.UNREG_NACK, ds.UnregNack(0), frozenset()),
+    "ds.data": (ds.Data, ds.MsgType.DATA, ds.Data(0, b""), frozenset({"payload"})),
+    "ds.nack": (ds.Nack, ds.MsgType.NACK, ds.Nack(0, 0), frozenset()),
+}
+
+
 REGISTRY: dict[str, Codec] = {
     "ldc.packet": Codec(_packet_encode, _packet_decode, _packet_defaults, frozenset({"payload"})),
     "ldc.transport_cookie": Codec(
@@ -640,3 +687,5 @@ def run_vector(vector: Mapping[str, Any]) -> list[str]:
         if encoded != data.hex():
             problems.append(f"encode: expected {data.hex()}, encoded {encoded}")
     return problems
+
+REGISTRY.update({name: _ds_codec(*spec) for name, spec in _DS_MESSAGES.items()})
