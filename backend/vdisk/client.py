@@ -97,9 +97,6 @@ class VdcDevice(Device):
             index = session.submit(ring, request.encode())
             self._pending[index] = (request, callback)
 
-    def ring_free(self, session: Session) -> int:
-        return self.ring_size if self.inband else session.own_rings[0].free_entries()
-
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
         self._finish(index, payload)
 

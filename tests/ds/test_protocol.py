@@ -146,3 +146,14 @@ def test_messages_before_the_handshake_and_client_pings() -> None:
     host.receive(encode(ping))
     sent = host.take_output()
     assert sent and all(b"keystore" in m for m in sent) and provider.offered == (1, 0)
+
+
+def test_removing_an_active_service_tells_the_peer() -> None:
+    guest, host = DsPort(initiator=True), DsPort(initiator=False)
+    provider = guest.add_service("pri", ((1, 0),), provider=True)
+    client = host.add_service("pri", ((1, 0),), provider=False)
+    a, b = up(guest, host)
+    guest.remove_service(provider)
+    pump(a, b)
+    assert provider not in guest.services and not client.active
+    assert any(isinstance(e, Unregistered) and e.service is client for e in b.events)
