@@ -60,8 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     vsw.add_argument("--bridge", help="enslave the uplink to this Linux bridge (created if missing)")
     vsw.add_argument("--capture", metavar="FILE", help="write the uplink's traffic to a pcap file (tcpdump -r FILE)")
 
+    plugins = _command_plugins()
+    for plugin in plugins:
+        plugin.add_commands(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    for plugin in plugins:
+        handled = plugin.dispatch(args)
+        if handled is not None:
+            return handled
     if args.command == "ldc-echo":
         return _ldc_echo(args)
     if args.command == "vds":
@@ -75,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo()
     return 2
+
+
+# Packages that bring their own subcommands: each module has add_commands(subparsers) and
+# dispatch(args) -> exit code, or None when the command is not one of its own.
+PLUGIN_MODULES: list[str] = []
+
+
+def _command_plugins() -> list:
+    import importlib
+
+    return [importlib.import_module(name, __package__) for name in PLUGIN_MODULES]
 
 
 def _vsw(args: argparse.Namespace) -> int:
