@@ -1,0 +1,179 @@
+"""The device side of a split virtqueue (virtio 1.x, 2.7): walking chains, filling the used ring.
+
+Nothing the driver wrote is trusted. Every index, address, length and flag is
+checked; anything impossible raises QueueBroken, and the caller marks the
+device NEEDS_RESET. The walker never loops (a chain is bounded by the queue
+size, an indirect table by its own length) and never touches memory outside
+what the AddressSpace hands out.
+
+Layout (little-endian):
+  descriptor table  N x {addr u64, len u32, flags u16, next u16}
+  avail ring        flags u16, idx u16, ring[N] u16, used_event u16
+  used ring         flags u16, idx u16, ring[N] {id u32, len u32}, avail_event u16
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import GuestError
+from .constants import (
+    MAX_QUEUE_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+)
+from .memory import AddressSpace
+
+DESC = struct.Struct("<QIHH")
+U16 = struct.Struct("<H")
+USED_ELEM = struct.Struct("<II")
+MAX_CHAIN_BYTES = 1 << 32
+
+
+class QueueBroken(GuestError):
+    """The driver put something impossible in the ring; the device needs a reset."""
+
+
+def ring_sizes(size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, avail ring and used ring (with the event-index words)."""
+    return 16 * size, 6 + 2 * size, 6 + 8 * size
+
+
+def check_queue_size(size: int) -> None:
+    if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
+        raise QueueBroken(f"queue size {size} is not a power of two in 1..{MAX_QUEUE_SIZE}")
+
+
+@dataclass(slots=True)
+class DescriptorChain:
+    """One request: the buffers the device reads, then the ones it writes."""
+
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(len(v) for v in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(len(v) for v in self.writable)
+
+
+@dataclass(frozen=True, slots=True)
+class RingViews:
+    desc: memoryview
+    avail: memoryview
+    used: memoryview
+
+    @classmethod
+    def resolve(cls, space: AddressSpace, size: int, desc: int, avail: int, used: int) -> RingViews:
+        """Views of the three parts, checked for alignment and bounds."""
+        check_queue_size(size)
+        if desc % 16 or avail % 2 or used % 4:
+            raise QueueBroken(f"misaligned ring: desc 0x{desc:x} avail 0x{avail:x} used 0x{used:x}")
+        desc_len, avail_len, used_len = ring_sizes(size)
+        return cls(space.view(desc, desc_len), space.view(avail, avail_len), space.view(used, used_len))
+
+
+class SplitQueue:
+    """The device's half of one split virtqueue."""
+
+    def __init__(self, rings: RingViews, size: int, buffers: AddressSpace, *, last_avail: int = 0, event_idx: bool = False) -> None:
+        check_queue_size(size)
+        self.size = size
+        self.rings = rings
+        self.buffers = buffers
+        self.event_idx = event_idx
+        self.last_avail = last_avail & 0xFFFF
+        self.used_idx = U16.unpack_from(rings.used, 2)[0]
+        self._signalled_used = self.used_idx
+        self._signalled_valid = False
+
+    # ---- taking requests --------------------------------------------------------------
+
+    def avail_idx(self) -> int:
+        return U16.unpack_from(self.rings.avail, 2)[0]
+
+    def pending(self) -> int:
+        """Chains the driver made available that we have not taken."""
+        count = (self.avail_idx() - self.last_avail) & 0xFFFF
+        if count > self.size:
+            raise QueueBroken(f"avail index is {count} ahead of ours with {self.size} entries")
+        return count
+
+    def pop(self) -> DescriptorChain | None:
+        if not self.pending():
+            return None
+        head = U16.unpack_from(self.rings.avail, 4 + 2 * (self.last_avail % self.size))[0]
+        chain = self._walk(head)
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return chain
+
+    def _walk(self, head: int) -> DescriptorChain:
+        if head >= self.size:
+            raise QueueBroken(f"chain head {head} outside a queue of {self.size}")
+        chain = DescriptorChain(head)
+        table, limit, index, seen, total = self.rings.desc, self.size, head, 0, 0
+        indirect = False
+        while True:
+            seen += 1
+            if seen > limit:
+                raise QueueBroken(f"chain from head {head} is longer than {limit} descriptors (loop?)")
+            addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
+            if flags & VRING_DESC_F_INDIRECT:
+                if indirect:
+                    raise QueueBroken(f"nested indirect table in chain {head}")
+                if flags & VRING_DESC_F_NEXT:
+                    raise QueueBroken(f"indirect descriptor in chain {head} also has NEXT")
+                if not length or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                    raise QueueBroken(f"indirect table of {length} bytes in chain {head}")
+                table, limit, index, seen, indirect = self.buffers.view(addr, length), length // 16, 0, 0, True
+                continue
+            total += length
+            if total > MAX_CHAIN_BYTES:
+                raise QueueBroken(f"chain {head} describes more than 4 GiB")
+            if length:
+                views = self.buffers.views(addr, length)
+                if flags & VRING_DESC_F_WRITE:
+                    chain.writable += views
+                elif chain.writable:
+                    raise QueueBroken(f"chain {head} has a device-readable buffer after a writable one")
+                else:
+                    chain.readable += views
+            if not flags & VRING_DESC_F_NEXT:
+                return chain
+            if nxt >= limit:
+                raise QueueBroken(f"descriptor {index} of chain {head} points to {nxt}, outside {limit}")
+            index = nxt
+
+    # ---- giving results back ------------------------------------------------------------
+
+    def push(self, head: int, written: int) -> None:
+        """Return a chain; `written` is how many bytes the device wrote into it."""
+        slot = self.used_idx % self.size
+        USED_ELEM.pack_into(self.rings.used, 4 + 8 * slot, head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        U16.pack_into(self.rings.used, 2, self.used_idx)  # after the element: the driver reads idx first
+
+    def needs_notification(self) -> bool:
+        """Should we signal the call fd for what was pushed since the last signal? (2.7.7.2)"""
+        new, old = self.used_idx, self._signalled_used
+        valid = self._signalled_valid
+        self._signalled_used, self._signalled_valid = new, True
+        if new == old and valid:
+            return False
+        if not self.event_idx:
+            return not U16.unpack_from(self.rings.avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
+        used_event = U16.unpack_from(self.rings.avail, 4 + 2 * self.size)[0]
+        return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+
+    def enable_kicks(self) -> bool:
+        """Ask the driver to kick on its next chain; True if chains arrived meanwhile (take them)."""
+        if self.event_idx:
+            U16.pack_into(self.rings.used, 4 + 8 * self.size, self.avail_idx())
+        return self.pending() > 0
