@@ -1,0 +1,79 @@
+"""The seam between the vhost-user core and a device (blk, net, ldc).
+
+A device says how many queues it has, which feature bits it offers, what its
+config space holds, and what to do when a queue has work. It never sees a
+vhost-user message, an eventfd or a socket: the core owns the conversation
+(idea from rust-vmm's VhostUserBackend trait).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from .constants import ProtocolFeature
+from .memory import GuestMemory
+from .virtqueue import DescriptorChain
+
+T = TypeVar("T")
+
+
+class ServedQueue(Protocol):
+    """What a device may do with one running queue (given by the core's I/O edge)."""
+
+    index: int
+
+    def pop(self) -> DescriptorChain | None:
+        """The next request, or None when the queue is empty or this turn's budget is spent
+        (the core then serves the other queues and comes back: no queue starves another)."""
+
+    def complete(self, chain: DescriptorChain, written: int) -> None:
+        """Hand the chain back with `written` bytes filled in; the driver is signalled in batches."""
+
+    def run_blocking(self, work: Callable[[], T], done: Callable[[T | BaseException], None]) -> None:
+        """Run `work` off the event loop (disk I/O); `done` runs on the loop with its result or error."""
+
+    def fail(self, reason: str) -> None:
+        """The driver sent something impossible: the device needs a reset (NEEDS_RESET)."""
+
+
+class VirtioDevice(ABC):
+    """A virtio device served over vhost-user."""
+
+    #: virtio device type (2 = block, 1 = net), for logs and the front-end
+    device_type: int = 0
+    num_queues: int = 1
+    max_queue_size: int = 1024
+
+    @abstractmethod
+    def features(self) -> int:
+        """Device feature bits; the core adds the ring features (VERSION_1, INDIRECT_DESC, EVENT_IDX)."""
+
+    def protocol_features(self) -> ProtocolFeature:
+        """Protocol features the device needs beyond the core's own (e.g. CONFIG, MQ)."""
+        return ProtocolFeature(0)
+
+    def config(self) -> bytes:
+        """The whole device config space as the driver reads it."""
+        return b""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """The driver wrote `data` at `offset` (only writable fields may change)."""
+        raise ValueError(f"config space at offset {offset} is read-only")
+
+    def set_features(self, features: int) -> None:
+        """The feature bits the driver accepted."""
+
+    def memory_changed(self, memory: GuestMemory) -> None:
+        """A new memory table is in place (devices holding guest addresses re-resolve them)."""
+
+    @abstractmethod
+    def handle_queue(self, queue: ServedQueue) -> None:
+        """The queue was kicked (or has work left from a previous turn): take requests."""
+
+    def queue_stopped(self, index: int) -> None:
+        """The queue stopped (GET_VRING_BASE, reset, broken device): forget it."""
+
+    def reset(self) -> None:
+        """Back to the state after construction (RESET_DEVICE, or status 0)."""
