@@ -1,0 +1,1 @@
+"""The service-domain daemon: a config's services, kept running and in step with the file."""
