@@ -264,6 +264,8 @@ class Connection:
             pass
         self.sock.close()
         self.done.set()
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
 
 
 class VhostUserServer:

@@ -110,7 +110,12 @@ class SplitQueue:
         if not self.pending():
             return None
         head = U16.unpack_from(self.rings.avail, 4 + 2 * (self.last_avail % self.size))[0]
-        chain = self._walk(head)
+        try:
+            chain = self._walk(head)
+        except QueueBroken:
+            raise
+        except GuestError as exc:  # an address outside guest memory
+            raise QueueBroken(f"chain {head}: {exc}") from None
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
 

@@ -36,6 +36,7 @@ def serving(devices: dict[str, VirtioDevice]) -> Iterator[dict[str, VhostUserSer
         async def stop() -> None:
             for server in servers.values():
                 server.close()
+            await asyncio.sleep(0)  # let the cancelled connection tasks finish
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
