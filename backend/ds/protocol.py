@@ -19,6 +19,10 @@ or DUP). Both sides then use the provider's handle for DATA, UNREG and
 NACK. A REG_REQ whose handle has bit 31 set is an illumos client "ping": if
 we provide that service we (re)send our REG_REQ, and a ping is never ACKed.
 
+A client pings (illumos does it too) when it is added to a ready port and
+when the port becomes ready, so a provider that was refused earlier for
+want of a client offers itself again.
+
 Handles (illumos layout): upper 32 bits the service's index, lower 31 bits a
 counter bumped at every unregistration so an old handle goes stale; bit 31
 marks a client-side handle. A peer's handle is only ever echoed.
@@ -80,6 +84,7 @@ class Service:
     peer_handle: int | None = None  # clients: the provider's handle they answered
     offered: tuple[int, int] | None = None  # providers: the version of the pending REG_REQ
     tried: bool = False  # providers: REG_REQ sent on this port (and not answered for good)
+    held: bool = False  # providers: busy elsewhere (the framework holds them), so not offered here
     extra: dict = field(default_factory=dict)
 
     @property
@@ -133,15 +138,27 @@ class DsPort(Outbox[bytes, Event]):
 
     # ---- services ---------------------------------------------------------------------
 
-    def add_service(self, svc_id: str, versions: tuple[tuple[int, int], ...], *, provider: bool) -> Service:
-        """Register a local service; a provider registers with the peer as soon as it can."""
+    def add_service(
+        self, svc_id: str, versions: tuple[tuple[int, int], ...], *, provider: bool, index: int | None = None, held: bool = False
+    ) -> Service:
+        """Register a local service; a provider registers with the peer as soon as it can (unless held).
+
+        `index` gives the handle's upper half (a framework spanning several
+        ports numbers its registrations itself); by default the position here.
+        """
         if provider and any(s.provider and s.svc_id == svc_id for s in self.services):
             raise ValueError(f"service {svc_id!r} already has a provider on this port")
-        service = Service(svc_id, tuple(sorted(versions, reverse=True)), provider, index=len(self.services) + 1)
+        service = Service(svc_id, tuple(sorted(versions, reverse=True)), provider, index=index or len(self.services) + 1, held=held)
         self.services.append(service)
-        if provider and self.state is PortState.READY:
+        if self.state is PortState.READY and not held:
             self._register(service)
         return service
+
+    def register(self, service: Service) -> None:
+        """Release a held provider and offer it unless it is busy or pending; a client pings again."""
+        service.held = False
+        if self.state is PortState.READY and not service.active and not (service.provider and service.offered):
+            self._register(service)
 
     def unregister(self, service: Service) -> None:
         """Tell the peer we are done with this registration (a provider will register again)."""
@@ -251,21 +268,23 @@ class DsPort(Outbox[bytes, Event]):
         self.version = version
         self._events.append(PortEvent(f"DS {version[0]}.{version[1]} ready"))
         for service in self.services:
-            if service.provider and not service.active:
+            if not service.active and not service.held:
                 self._register(service)
 
     # ---- registration ---------------------------------------------------------------------
 
     def _register(self, service: Service) -> None:
-        service.offered = service.versions[0]
-        service.tried = True
-        self._send(RegReq(service.handle, *service.offered, service.svc_id))
+        """A provider's REG_REQ, or a client's ping (its handle has bit 31 set; never ACKed)."""
+        if service.provider:
+            service.offered = service.versions[0]
+            service.tried = True
+        self._send(RegReq(service.handle, *service.versions[0], service.svc_id))
 
     def _on_reg_req(self, message: RegReq) -> None:
         if message.handle & CLIENT_HANDLE_BIT:
             provider = self._provider(message.svc_id)
-            if provider is not None and not provider.active:
-                self._register(provider)  # an illumos client ping: offer ourselves
+            if provider is not None and not provider.active and provider.offered is None and not provider.held:
+                self._register(provider)  # an illumos client ping: offer ourselves (unless pending)
             return
         clients = [s for s in self.services if not s.provider and s.svc_id == message.svc_id]
         client = next((s for s in clients if not s.active), clients[0] if clients else None)
@@ -318,7 +337,7 @@ class DsPort(Outbox[bytes, Event]):
             return
         self._unregister(service, "peer unregistered")
         self._send(UnregAck(message.handle))
-        if service.provider:
+        if service.provider and not service.held:
             self._register(service)  # a provider tries again
 
     def _on_data(self, message: Data) -> None:
@@ -339,6 +358,7 @@ class DsPort(Outbox[bytes, Event]):
         service.active = False
         service.version = None
         service.peer_handle = None
+        service.offered = None
         service.counter = (service.counter + 1) & 0x7FFF_FFFF or 1  # the old handle goes stale
         self._events.append(Unregistered(service, reason))
 

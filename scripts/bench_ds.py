@@ -1,0 +1,120 @@
+"""DS benchmark: request/response round trips per second through two DS agents.
+
+A provider process on domain ldg1 answers every request (data callback,
+ds_send_msg back). A client on domain primary sends 16-byte requests: the
+Python API in this process, and the C example client (libds.so) in its own
+process. Each request crosses client -> agent -> LDC -> agent -> provider
+and back (six process hops). Printed with the window of outstanding
+requests (1 = strict ping-pong). Reference in the same run: the same
+ping-pong between two processes over a bare SOCK_SEQPACKET pair.
+Run via scripts/bench-ds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from backend.ds.api import DomainServices  # noqa: E402
+from backend.ds.launch import two_domains  # noqa: E402
+
+SERVICE = "bench-echo"
+REQUEST = b"r" * 16
+
+
+def provider() -> None:
+    """Answer every request with the same bytes, from the data callback."""
+    with DomainServices() as ds:
+        ds.provide(SERVICE, on_data=lambda handle, arg, data: ds.lib.ds_send_msg(handle, data))
+        print("providing", flush=True)
+        sys.stdin.read()  # until the benchmark closes our stdin
+
+
+def python_client(count: int, window: int) -> float:
+    with DomainServices() as ds, ds.client(SERVICE) as service:
+        handle = service.wait_ready(domain="ldg1")
+        for _ in range(min(window, count)):
+            service.send(handle, REQUEST)
+        start = time.perf_counter()
+        for done in range(count):
+            if service.receive(handle, timeout=10) != REQUEST:
+                raise RuntimeError("wrong reply")
+            if done + window < count:
+                service.send(handle, REQUEST)
+        return count / (time.perf_counter() - start)
+
+
+def bare_socket(count: int) -> float:
+    """The floor: ping-pong of 16-byte records between two processes, no DS at all."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        while data := theirs.recv(64):
+            theirs.send(data)
+        os._exit(0)
+    theirs.close()
+    start = time.perf_counter()
+    for _ in range(count):
+        ours.send(REQUEST)
+        ours.recv(64)
+    elapsed = time.perf_counter() - start
+    ours.close()
+    os.waitpid(pid, 0)
+    return count / elapsed
+
+
+def c_client(build_dir: str, env: dict[str, str], count: int, window: int) -> float:
+    program = os.path.join(build_dir, "bench_client")
+    out = subprocess.run([program, SERVICE, str(count), str(window)], env=env, capture_output=True, text=True, timeout=300, check=True)
+    return float(out.stdout.split()[-2])  # "... N round trips/s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--windows", default="1,16")
+    parser.add_argument("--no-c", action="store_true", help="skip the C client (no gcc/libds build)")
+    parser.add_argument("--provider", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.provider:
+        provider()
+        return
+    windows = [int(w) for w in args.windows.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-ds-") as tmp:
+        primary, guest = two_domains(tmp)
+        server = subprocess.Popen([sys.executable, __file__, "--provider"], env=guest.environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            os.environ["VIO_DS_SOCKET"] = primary.socket
+            print(f"{'case':<44} {'round trips/s':>14}")
+            print(f"{'reference: bare SEQPACKET ping-pong':<44} {bare_socket(args.count):>14,.0f}")
+            for window in windows:
+                print(f"{f'Python client, window {window}':<44} {python_client(args.count, window):>14,.0f}", flush=True)
+            if not args.no_c:
+                from backend.ds.cbuild import build_examples
+
+                build_dir = build_examples(os.path.join(tmp, "c"))
+                for window in windows:
+                    rate = c_client(build_dir, primary.environment(), args.count, window)
+                    print(f"{f'C client (libds.so), window {window}':<44} {rate:>14,.0f}", flush=True)
+        finally:
+            if server.stdin:
+                server.stdin.close()
+            server.wait(timeout=10)
+            guest.stop()
+            primary.stop()
+    print("target: >= 10,000 round trips/s")
+
+
+if __name__ == "__main__":
+    main()
