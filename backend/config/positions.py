@@ -91,8 +91,11 @@ class _Scanner:
         start = self.i
         array = self.text.startswith("[[", self.i)
         self.i += 2 if array else 1
-        key = self.resolve(self.key())
+        parts = self.key()
+        # The last part of [[a.b]] names the array itself, not its latest element.
+        key = self.resolve(parts[:-1]) + parts[-1:] if array else self.resolve(parts)
         if array:
+            self.record(key, start)  # the array itself sits at its first element
             index = self.aot.get(key, -1) + 1
             self.aot[key] = index
             # Tables nested under the previous element are not under this one.
@@ -195,7 +198,7 @@ class _Scanner:
         if end < 0:
             raise _Stop
         body, self.i = self.text[self.i + 1 : end], end + 1
-        return body
+        return _unescape(body) if quote == '"' else body
 
     # -- whitespace and the rest -----------------------------------------------
 
@@ -230,6 +233,32 @@ class _Scanner:
     def skip_to_line_end(self) -> None:
         end = self.text.find("\n", self.i)
         self.i = len(self.text) if end < 0 else end + 1
+
+
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", "e": "\x1b", '"': '"', "\\": "\\"}
+
+
+def _unescape(body: str) -> str:
+    """The value of a basic string's contents (TOML escapes), so quoted keys match tomllib's."""
+    out, i = [], 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\" or i + 1 >= len(body):
+            out.append(c)
+            i += 1
+            continue
+        code = body[i + 1]
+        width = {"u": 4, "U": 8}.get(code)
+        if width:
+            try:
+                out.append(chr(int(body[i + 2 : i + 2 + width], 16)))
+            except ValueError:
+                raise _Stop from None
+            i += 2 + width
+        else:
+            out.append(_ESCAPES.get(code, code))
+            i += 2
+    return "".join(out)
 
 
 def _escaped(text: str, index: int) -> bool:
