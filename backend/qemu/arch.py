@@ -25,6 +25,7 @@ class ArchProfile:
     boot_bus: str | None          # bus for devices present at start (None: QEMU's default)
     hotplug_bus: str              # bus for devices added on a running guest
     hotplug_bridge: OptionGroup | None  # a device that creates hotplug_bus, if the machine lacks one
+    hotplug_first_slot: int | None  # pick addresses from here (None: QEMU picks)
     console: str                  # kernel console= argument
 
     def machine_group(self, memory_backend: str | None) -> OptionGroup:
@@ -40,6 +41,7 @@ X86_64 = ArchProfile(
     boot_bus=None,
     hotplug_bus="pci.0",
     hotplug_bridge=None,
+    hotplug_first_slot=None,
     console="ttyS0",
 )
 
@@ -53,6 +55,7 @@ SPARC64 = ArchProfile(
     hotplug_bridge=OptionGroup.of(
         "device", "hotplug0", {"driver": "pci-bridge", "bus": "pciB", "chassis_nr": 1, "shpc": True}
     ),
+    hotplug_first_slot=1,  # QEMU's SHPC takes slots 1..31, and would pick slot 0 itself
     console="ttyS0",
 )
 

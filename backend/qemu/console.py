@@ -88,22 +88,21 @@ class Console:
     async def run(self, script: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a shell script in the guest's console shell; return its exit code and output.
 
-        The script travels base64-encoded (no quoting or tty line-length trouble with
-        short scripts) and the end marker is split in the typed line so its echo never
-        matches."""
+        The script travels base64-encoded (no quoting trouble); the markers are split in
+        the typed line so the tty's echo of it (wrapped at 80 columns) never matches."""
         if self._writer is None:
             raise QemuError(f"{self.name}: the console is read-only")
         self._commands += 1
         number = self._commands
-        payload = encode_command(script)
-        start = len(self.log.lines)
-        line = f'echo {payload} | base64 -d > /tmp/run{number}.sh; sh /tmp/run{number}.sh; echo "CONSOLE-RUN-""END {number} $?"\n'
-        self._writer.write(line.encode())
+        self._writer.write(f'echo "CONSOLE-RUN-""BEGIN {number}"; echo {encode_command(script)} | base64 -d > '
+                           f'/tmp/run.sh; sh /tmp/run.sh; echo "CONSOLE-RUN-""END {number} $?"\n'.encode())
         await self._writer.drain()
+        await self.expect(rf"^CONSOLE-RUN-BEGIN {number}$", timeout)
+        start = self.log.cursor
         match = await self.expect(rf"CONSOLE-RUN-END {number} (\d+)$", timeout)
         end = self.log.cursor - 1
-        output = [text for text in self.log.lines[start:end] if payload not in text]
-        return int(match.group(1)), "\n".join(output)
+        output = self.log.lines[start:end] + [self.log.lines[end][:match.start()]]
+        return int(match.group(1)), "\n".join(line for line in output if line)
 
     async def closed(self) -> None:
         await self._task

@@ -37,7 +37,7 @@ class Guest:
         self._stderr = b""
         self._stderr_task: asyncio.Task | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="vio-qemu-")
-        self.plugged: dict[str, Device] = {}
+        self.plugged: dict[str, tuple[Device, int | None]] = {}  # id -> device, PCI slot
 
     async def __aenter__(self) -> Guest:
         await self.start()
@@ -112,9 +112,20 @@ class Guest:
             raise QemuError(f"{self.name}: a device {device.id!r} is already plugged")
         for command, arguments in device.plug_backends():
             await self.execute(command, arguments)
-        group = device.device(self.spec.arch.hotplug_bus, self.spec.device_props)
+        extra = dict(self.spec.device_props)
+        slot = self._free_slot()
+        if slot is not None:
+            extra["addr"] = f"{slot:#x}.0"
+        group = device.device(self.spec.arch.hotplug_bus, extra)
         await self.execute("device_add", group.as_qmp())
-        self.plugged[device.id] = device
+        self.plugged[device.id] = (device, slot)
+
+    def _free_slot(self) -> int | None:
+        first = self.spec.arch.hotplug_first_slot
+        if first is None:
+            return None
+        used = {slot for _, slot in self.plugged.values()}
+        return next(slot for slot in range(first, 32) if slot not in used)
 
     async def unplug(self, device: Device, timeout: float = UNPLUG_TIMEOUT) -> None:
         """device_del asks the guest to let go; QEMU says DEVICE_DELETED when it did."""
