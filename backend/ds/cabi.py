@@ -99,7 +99,7 @@ def install(ffi: Any) -> None:
             return result(errno.EFAULT)
         name = c_string(service)
         if name is None:
-            return result(errno.EINVAL if service == null or maxhdls else errno.EINVAL)
+            return result(errno.EINVAL)
         code, handles = libds.ds_hdl_lookup(name, bool(is_client), maxhdls)
         if not code:
             if hdlp != null:
