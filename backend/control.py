@@ -38,6 +38,7 @@ class ControlServer:
         self.path = path
         self.commands = commands
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         if os.path.lexists(self.path):
@@ -46,6 +47,7 @@ class ControlServer:
         os.chmod(self.path, 0o660)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while True:
                 try:
@@ -60,6 +62,7 @@ class ControlServer:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._clients.discard(writer)
             writer.close()
 
     async def answer(self, line: bytes) -> dict[str, Any]:
@@ -81,8 +84,11 @@ class ControlServer:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
     def close(self) -> None:
+        """Stop listening and hang up on connected clients (their readers see EOF)."""
         if self._server is not None:
             self._server.close()
+        for writer in list(self._clients):
+            writer.close()
         if os.path.lexists(self.path):
             os.unlink(self.path)
 

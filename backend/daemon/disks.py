@@ -20,7 +20,7 @@ from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from ..vdisk.engine import DiskEngine
 from .registry import Context, Sample
-from .sockets import remove_socket
+from .sockets import close_server, remove_socket
 
 BLOCK = 512
 
@@ -200,6 +200,7 @@ class DiskService:
         return set()
 
     async def stop(self) -> None:
+        close_server(self.server._server)  # noqa: SLF001 - DiskServer.close() would close it without unregistering
         self.server.close()
         self.engine.close()  # flushes first
         remove_socket(self.spec.socket)

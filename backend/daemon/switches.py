@@ -158,7 +158,8 @@ class SwitchService:
             from ..vswitch.port import PortConfig
             from ..vswitch.tap import TapDevice, TapPort
 
-            device = TapDevice(spec.uplink, mtu=spec.mtu, bridge=spec.bridge, create_bridge=spec.create_bridge)
+            device = TapDevice(spec.uplink, mtu=spec.mtu, bridge=spec.bridge,
+                               create_bridge=spec.create_bridge and spec.bridge is not None)
             uplink = TapPort(device, PortConfig(spec.uplink, spec.mtu, spec.pvid, spec.vlans, tagged=bool(spec.vlans)))
             self.uplink = uplink
             self.switch.attach(uplink, uplink=True)

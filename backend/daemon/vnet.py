@@ -22,7 +22,7 @@ from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .channels import format_version
 from .registry import Context, Sample
-from .sockets import remove_socket
+from .sockets import close_server, remove_socket
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class VnetService:
         return set()
 
     async def stop(self) -> None:
-        self.server.close()
+        close_server(self.server)
         if self.port is not None:
             port = self.port
             port.endpoint.ldc.close()
