@@ -1,0 +1,127 @@
+"""asyncio edge of the NBD server: a Unix socket, one `NbdServer` per client, requests onto a disk.
+
+The disk is anything with the vdc client's shape (`VdcClient`): requests run
+concurrently (NBD pipelines them; the vdc ring takes up to its size at once)
+and each is answered when its disk operation completes, so a reply means
+the data reached the vds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from typing import Protocol
+
+from . import nbd
+
+log = logging.getLogger(__name__)
+
+
+class Disk(Protocol):
+    size_bytes: int
+    block_size: int
+
+    async def read(self, offset: int, length: int) -> bytes: ...
+    async def write(self, offset: int, data: bytes) -> None: ...
+    async def flush(self) -> None: ...
+
+
+_NBD_ERRORS = {errno.EPERM: nbd.EPERM, errno.EROFS: nbd.EPERM, errno.EACCES: nbd.EPERM, errno.ENOSPC: nbd.ENOSPC,
+               errno.EINVAL: nbd.EINVAL, errno.ENOMEM: nbd.ENOMEM, errno.ENOTSUP: nbd.ENOTSUP}
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: NbdExport) -> None:
+        self.server = server
+        self.protocol = nbd.NbdServer(server.export)
+        self.transport: asyncio.Transport | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive(data)
+        for event in self.protocol.take_events():
+            if isinstance(event, nbd.Request):
+                task = asyncio.ensure_future(self._serve(event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif isinstance(event, nbd.Closed):
+                log.info("NBD client gone: %s", event.reason)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def _flush(self) -> None:
+        output = self.protocol.take_output()
+        if output and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
+        if self.protocol.closed and self.transport is not None and not self._tasks:
+            self.transport.close()
+
+    async def _serve(self, request: nbd.Request) -> None:
+        try:
+            data = await self.server.execute(request)
+            self.protocol.reply(request.handle, 0, data)
+        except OSError as exc:
+            self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
+            log.info("NBD %s at %d+%d failed: %s", nbd.Command(request.command).name if request.command in iter(nbd.Command) else request.command,
+                     request.offset, request.length, exc)
+        self._flush()
+
+
+class NbdExport:
+    """Serves `disk` as one NBD export on a Unix socket."""
+
+    def __init__(self, disk: Disk, socket_path: str, *, name: str = "", max_block: int = 1 << 20, read_only: bool = False) -> None:
+        self.disk = disk
+        self.socket_path = socket_path
+        self.max_block = max_block
+        self.export = nbd.Export(name, disk.size_bytes, disk.block_size, max_block, read_only)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), self.socket_path)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def execute(self, request: nbd.Request) -> bytes:
+        """Carry out one request on the disk; OSError with the errno to report."""
+        command, offset, length = request.command, request.offset, request.length
+        if command == nbd.Command.FLUSH:
+            await self.disk.flush()
+            return b""
+        if command not in (nbd.Command.READ, nbd.Command.WRITE, nbd.Command.TRIM, nbd.Command.WRITE_ZEROES):
+            raise OSError(errno.EINVAL, f"command {command} is not supported")
+        block = self.disk.block_size
+        if offset % block or length % block or offset + length > self.disk.size_bytes:
+            raise OSError(errno.EINVAL, f"{offset}+{length} is unaligned or past the {self.disk.size_bytes}-byte disk")
+        if command != nbd.Command.READ and self.export.read_only:
+            raise OSError(errno.EPERM, "read-only export")
+        step = self.max_block
+        if command == nbd.Command.READ:
+            if length > nbd.MAX_PAYLOAD:
+                raise OSError(errno.EINVAL, f"READ of {length} bytes is too large")
+            parts = await asyncio.gather(*(self.disk.read(at, min(step, offset + length - at)) for at in range(offset, offset + length, step)))
+            return b"".join(parts)
+        if command == nbd.Command.WRITE:
+            view = memoryview(request.data)
+            await asyncio.gather(*(self.disk.write(at, bytes(view[at - offset : at - offset + step])) for at in range(offset, offset + length, step)))
+        elif command == nbd.Command.WRITE_ZEROES:
+            zeroes = bytes(min(step, length))
+            for at in range(offset, offset + length, step):
+                await self.disk.write(at, zeroes[: min(step, offset + length - at)])
+        # TRIM is advisory: the vDisk protocol has no discard, so the blocks simply keep their data.
+        if request.flags & nbd.CMD_FLAG_FUA:
+            await self.disk.flush()
+        return b""

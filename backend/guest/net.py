@@ -1,0 +1,49 @@
+"""The guest's vnet as a Linux interface: a tap in a network namespace, frames both ways through the vnet client.
+
+Programs in the namespace (ping, iperf3) then talk through
+vnet -> LDC -> vhost-user -> vsw -> tap uplink like through a real NIC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..vswitch.tap import TapDevice, TapPort, netlink
+from ..vswitch.vnet_port import VnetClient
+
+log = logging.getLogger(__name__)
+
+
+class GuestInterface:
+    """A tap `name` moved into `netns` (which must exist), at `address` (CIDR), wired to a vnet client."""
+
+    def __init__(self, name: str, netns: str, address: str | None, *, mtu: int = 1500) -> None:
+        self.device = TapDevice(name, mtu=mtu)
+        self.netns = netns
+        try:
+            netlink(lambda ipr: ipr.link("set", index=self.device.index, net_ns_fd=netns))
+            netlink(lambda ipr: self._configure(ipr, address), netns=netns)
+        except BaseException:
+            self.device.close()
+            raise
+        self.port = TapPort(self.device)
+        self.mac = bytes.fromhex(self.device.mac.replace(":", ""))
+
+    def _configure(self, ipr, address: str | None) -> None:
+        index = ipr.link_lookup(ifname=self.device.name)[0]
+        if address:
+            ip, _, prefix = address.partition("/")
+            ipr.addr("add", index=index, address=ip, prefixlen=int(prefix or 24))
+        ipr.link("set", index=index, state="up")
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+    def connect(self, client: VnetClient) -> None:
+        """Frames from the namespace go out on the vnet; the vnet's frames come in (set client's on_frame to deliver)."""
+        self.port.attach(asyncio.get_running_loop(), client.send)
+
+    def deliver(self, frame: bytes) -> None:
+        self.port.transmit(frame)
+
+    def close(self) -> None:
+        self.port.close()
