@@ -459,3 +459,13 @@ def test_vio_serve_lists_every_problem_and_starts_nothing(tmp_path) -> None:
     assert not (tmp_path / "state").exists()
     check = subprocess.run([sys.executable, "-m", "backend", "serve", "--check", path], capture_output=True, text=True, timeout=60)
     assert check.returncode == 1 and check.stderr == result.stderr
+
+
+def test_the_example_in_docs_config_md_only_lacks_its_files(tmp_path) -> None:
+    """The annotated example stays in step with the fields: on this machine only its paths are missing."""
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "config.md")).read()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    with pytest.raises(ConfigProblems) as caught:
+        parse_config(example, "config.md", KINDS, config_dir=str(tmp_path), state_dir=str(tmp_path / "state"))
+    assert [p.key for p in caught.value.problems] == ["disk[0].path", "disk[1].path", "metrics.textfile"]
+    assert all("does not exist" in p.message for p in caught.value.problems)
