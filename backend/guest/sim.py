@@ -22,6 +22,7 @@ from ..ds.agent import DsAgent, LdcPortChannel
 from ..ds.framework import DomainConfig as DsDomain, PortConfig as DsPort
 from ..vdisk.client import VdcClient
 from ..vhost.devices.ldc_wire import Service
+from ..vswitch.vnet import FRAME_LEN, VLAN_LEN
 from ..vswitch.vnet_port import VnetClient
 from .link import GuestLdc
 from .nbd_serve import NbdExport
@@ -78,7 +79,9 @@ class GuestSim:
         for channel, (tap, netns, address) in zip(vnets, config.taps):
             interface = GuestInterface(tap, netns, address)
             self.interfaces.append(interface)
-            client = VnetClient(channel.endpoint, interface.mac, on_frame=interface.deliver)  # type: ignore[arg-type]
+            # A frame MTU with room for a VLAN tag: from vnet 1.4 the switch counts the tag in the
+            # port MTU, so a 1514-byte offer would leave 1496 bytes of L3 payload, not 1500.
+            client = VnetClient(channel.endpoint, interface.mac, mtu=FRAME_LEN + VLAN_LEN, on_frame=interface.deliver)  # type: ignore[arg-type]
             await client.endpoint.open()
             interface.connect(client)
             self.vnets.append(client)
