@@ -116,6 +116,7 @@ _SEQ = struct.Struct(">BI")
 _REGISTER = struct.Struct(">BIBB")
 _VERSION = struct.Struct(">HH")
 _HANDLE = struct.Struct(">BIQ")
+SEND_HEAD = _HANDLE  # op, seq, handle: what precedes a SEND's payload
 _LOOKUP = struct.Struct(">BIBI")
 _REPLY = struct.Struct(">BII")
 _REGISTERED = struct.Struct(">BQHHQB")

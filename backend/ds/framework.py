@@ -47,6 +47,7 @@ from .messages import CLIENT_HANDLE_BIT, negotiate
 from .protocol import DataReceived, DsPort, PortEvent, Registered, Service, Unregistered
 
 COUNTER_MASK = 0x7FFF_FFFF
+_SEND = bytes([Op.SEND])
 
 
 @dataclass(frozen=True)
@@ -166,17 +167,24 @@ class DsFramework(Outbox[tuple[int, bytes], str]):
 
     def request(self, instance: int, record: bytes) -> None:
         """One control record from an instance; ControlError means: drop that instance."""
+        if record[:1] == _SEND and len(record) >= control.SEND_HEAD.size:
+            self._fast_send(instance, record)
+            return
         message = control.decode_request(record)
         result, body = self._answer(instance, message)
-        if message.seq or not isinstance(message, control.Send):
-            self._output.append((instance, control.encode(control.Reply(message.seq, result, body))))
-        elif result:  # a send nobody waits for (the library saw the handle ready): the error is only logged
-            self._events.append(f"{instance}: unanswered send on handle 0x{message.handle:x} failed: {errno.errorcode[result]}")
+        self._output.append((instance, control.encode(control.Reply(message.seq, result, body))))
         self._settle()
 
+    def _fast_send(self, instance: int, record: bytes) -> None:
+        """The data path: a SEND straight from its bytes (no request object, no port events to settle)."""
+        _, seq, value = control.SEND_HEAD.unpack_from(record, 0)
+        result = self._send(instance, value, record[control.SEND_HEAD.size :])
+        if seq:
+            self._output.append((instance, control.encode(control.Reply(seq, result))))
+        elif result:  # nobody waits (the library saw the handle ready): only logged
+            self._events.append(f"{instance}: unanswered send on handle 0x{value:x} failed: {errno.errorcode[result]}")
+
     def _answer(self, instance: int, message: control.Request) -> tuple[int, bytes]:
-        if isinstance(message, control.Send):
-            return self._send(instance, message.handle, message.payload), b""
         if isinstance(message, control.Register):
             return self._register(instance, message)
         if isinstance(message, control.Lookup):

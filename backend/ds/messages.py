@@ -130,6 +130,14 @@ def encode(message: Message) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
+_DATA_HEAD = struct.Struct(">IIQ")
+
+
+def encode_data(handle: int, payload: bytes) -> bytes:
+    """DATA without building a message object (the data path's encoder)."""
+    return _DATA_HEAD.pack(MsgType.DATA, 8 + len(payload), handle) + payload
+
+
 def _payload(message: Message) -> tuple[int, bytes]:
     if isinstance(message, InitReq):
         return MsgType.INIT_REQ, _INIT_REQ.pack(message.major, message.minor)
@@ -219,6 +227,10 @@ class Framer:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if not self._buffer and len(data) >= HEADER.size:
+            kind, length = HEADER.unpack_from(data, 0)
+            if len(data) == HEADER.size + length and length <= MAX_MESSAGE:
+                return [(kind, data[HEADER.size :])]  # the usual case: one whole message per chunk
         self._buffer += data
         out: list[tuple[int, bytes]] = []
         while len(self._buffer) >= HEADER.size:

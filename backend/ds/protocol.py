@@ -57,6 +57,7 @@ from .messages import (
     UnregReq,
     decode,
     encode,
+    encode_data,
     negotiate,
 )
 
@@ -176,7 +177,7 @@ class DsPort(Outbox[bytes, Event]):
             raise ConnectionResetError("DS port is not up")
         if not service.active:
             raise ConnectionError(f"service {service.svc_id!r} is not registered")
-        self._send(Data(service.handle, payload))
+        self._output.append(encode_data(service.handle, payload))
 
     # ---- link events ---------------------------------------------------------------------
 
@@ -210,7 +211,9 @@ class DsPort(Outbox[bytes, Event]):
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
-        if isinstance(message, InitReq):
+        if isinstance(message, Data) and self.state is PortState.READY:
+            self._on_data(message)  # the data path first
+        elif isinstance(message, InitReq):
             self._on_init_req(message)
         elif isinstance(message, (InitAck, InitNack)):
             self._on_init_reply(message)
