@@ -19,7 +19,6 @@ import asyncio
 import errno
 import fcntl
 import logging
-import struct
 from collections.abc import Callable
 
 from ..errors import GuestError
@@ -50,7 +49,7 @@ def set_tap_offloads(device: TapDevice, offloads: Offloads) -> None:
     for offload, bit in _TUN_FLAGS.items():
         if offloads & offload:
             flags |= bit
-    fcntl.ioctl(device.fileno(), TUNSETOFFLOAD, struct.pack("I", flags))
+    fcntl.ioctl(device.fileno(), TUNSETOFFLOAD, flags)  # the flags are the argument itself, not a pointer
 
 
 class OffloadTapPort:
