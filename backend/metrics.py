@@ -145,7 +145,7 @@ class MetricsService:
             else:
                 self.scrapes += 1
                 await _respond(writer, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             with contextlib.suppress(OSError):
                 await _respond(writer, 400, b"bad request\n")
         except OSError:

@@ -2,7 +2,15 @@
 
 from .default import DEFAULT_CONFIG
 from .load import CheckEnv, Owned, SectionKind, load_config, parse_config
-from .model import Config, ConfigProblems, DaemonSettings, Domain, Problem, ServiceSpec, Where
+from .model import (
+    Config,
+    ConfigProblems,
+    DaemonSettings,
+    Domain,
+    Problem,
+    ServiceSpec,
+    Where,
+)
 
 __all__ = [
     "DEFAULT_CONFIG", "CheckEnv", "Config", "ConfigProblems", "DaemonSettings", "Domain", "Owned", "Problem",

@@ -22,8 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .fields import Dirs, Field, choice, read_table, socket_path, string
-from .model import Config, ConfigProblems, DaemonSettings, Domain, Problem, ServiceSpec, Where
 from .fields import name as name_field
+from .model import (
+    Config,
+    ConfigProblems,
+    DaemonSettings,
+    Domain,
+    Problem,
+    ServiceSpec,
+    Where,
+)
 from .positions import Positions
 
 DEFAULT_STATE_DIR = "/run/vio"
@@ -243,9 +251,7 @@ def socket_in_use(path: str) -> bool:
             except OSError as exc:
                 if exc.errno == errno.EPROTOTYPE:
                     continue  # a listener of the other type
-                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                    return False
-                return True
+                return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
     return True
 
 

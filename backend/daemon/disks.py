@@ -15,7 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields import Dirs, Field, boolean, choice, file_path, name, size, socket_path
+from ..config.fields import (
+    Dirs,
+    Field,
+    boolean,
+    choice,
+    file_path,
+    name,
+    size,
+    socket_path,
+)
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from ..vdisk.engine import DiskEngine
@@ -200,7 +209,7 @@ class DiskService:
         return set()
 
     async def stop(self) -> None:
-        close_server(self.server._server)  # noqa: SLF001 - DiskServer.close() would close it without unregistering
+        close_server(self.server._server)
         self.server.close()
         self.engine.close()  # flushes first
         remove_socket(self.spec.socket)

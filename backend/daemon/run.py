@@ -15,7 +15,14 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DEFAULT_CONFIG, Config, ConfigProblems, Owned, load_config, parse_config
+from ..config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigProblems,
+    Owned,
+    load_config,
+    parse_config,
+)
 from ..control import ControlServer
 from ..errors import ConfigError
 from . import logs
@@ -32,7 +39,8 @@ class ConfigSource:
     path: str | None
     state_dir: str | None = None
 
-    def load(self, registry: list[ServiceKind], owned: Owned = Owned()) -> Config:
+    def load(self, registry: list[ServiceKind], owned: Owned | None = None) -> Config:
+        owned = owned or Owned()
         if self.path is None:
             return parse_config(DEFAULT_CONFIG, "<default config>", registry, owned=owned, state_dir=self.state_dir)
         if self.state_dir is None:

@@ -26,7 +26,7 @@ def close_server(server: SocketServer) -> None:
     connection (a reload that removes one export and adds another hits this).
     Unregistering first avoids it, until SocketServer does so itself.
     """
-    listener = server._listener  # noqa: SLF001 - see above
+    listener = server._listener
     if listener is not None and listener.fileno() >= 0:
         asyncio.get_running_loop().remove_reader(listener.fileno())
     server.close()

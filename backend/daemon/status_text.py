@@ -50,8 +50,9 @@ def _switches(group: str, entries: list[dict[str, Any]]) -> list[str]:
             f"uplink {uplink['tap']}" + (f" on bridge {uplink['bridge']}" + (" (ours)" if uplink["created_bridge"] else "")
                                          if uplink["bridge"] else ""))
         stats = s["stats"]
-        out += ["", f"SWITCH {s['name']}: mac {s['mac']}, mtu {s['mtu']}, {where}; "
-                    f"learned {stats['learned']}, flooded {stats['flooded']}, moves {stats['moves']}, aged {stats['aged']}"]
+        heading = (f"SWITCH {s['name']}: mac {s['mac']}, mtu {s['mtu']}, {where}; "
+                   f"learned {stats['learned']}, flooded {stats['flooded']}, moves {stats['moves']}, aged {stats['aged']}")
+        out += ["", heading]
         rows = []
         for p in s["ports"]:
             c = p["counters"]

@@ -15,7 +15,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields import Dirs, Field, boolean, file_path, ifname, integer, mac, name, seconds, vlan_id, vlan_ids
+from ..config.fields import (
+    Dirs,
+    Field,
+    boolean,
+    file_path,
+    ifname,
+    integer,
+    mac,
+    name,
+    seconds,
+    vlan_id,
+    vlan_ids,
+)
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from ..vswitch.switch import Switch

@@ -17,7 +17,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields import Dirs, Field, file_path, integer, name, socket_path, vlan_id, vlan_ids
+from ..config.fields import (
+    Dirs,
+    Field,
+    file_path,
+    integer,
+    name,
+    socket_path,
+    vlan_id,
+    vlan_ids,
+)
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .channels import format_version
@@ -69,7 +78,9 @@ class VnetKind:
     def check(self, spec: VnetSpec, env: CheckEnv) -> None:
         if spec.capture is not None and not os.path.isdir(os.path.dirname(spec.capture)) and not env.in_state_dir(spec.capture):
             env.problems.append(spec.where.child("capture").problem(f"directory {os.path.dirname(spec.capture)} does not exist"))
-        uplinks = {s.uplink for s in env.config.services if s.kind == "switch"}
+        from .switches import SwitchSpec
+
+        uplinks = {s.uplink for s in env.config.services if isinstance(s, SwitchSpec)}
         if spec.name in uplinks:
             env.problems.append(spec.where.child("name").problem(f"{spec.name!r} is also the name of a switch uplink; port names must differ"))
 
@@ -115,6 +126,7 @@ class VnetService:
         config = PortConfig(spec.name, spec.mtu or self.switch_service.spec.mtu, spec.pvid, spec.vlans)
         port = VnetPort(self.switch_service.switch, LdcEndpoint(sock, Channel(Mode.UNRELIABLE)), self.switch_service.mac, config)
         announce = port.device.on_up
+        assert announce is not None  # VnetPort attaches itself to the switch there
 
         def up(session: Any) -> None:
             announce(session)

@@ -29,10 +29,10 @@ def write(tmp_path, text: str) -> str:
     return str(path)
 
 
-def problems(tmp_path, text: str, owned: Owned = Owned()) -> list[tuple[int, str, str]]:
+def problems(tmp_path, text: str) -> list[tuple[int, str, str]]:
     path = write(tmp_path, text)
     with pytest.raises(ConfigProblems) as caught:
-        load_config(path, KINDS, owned=owned)
+        load_config(path, KINDS)
     for problem in caught.value.problems:
         assert problem.file == path
     return [(p.line, p.key, p.message) for p in caught.value.problems]
@@ -103,7 +103,7 @@ def test_the_embedded_default_config_is_valid(tmp_path) -> None:
 
 
 def test_toml_syntax_error_has_its_line(tmp_path) -> None:
-    line, key, message = only(problems(tmp_path, '''
+    line, _, message = only(problems(tmp_path, '''
         [daemon]
         state_dir = "STATE"
         log_format = json
@@ -463,7 +463,8 @@ def test_vio_serve_lists_every_problem_and_starts_nothing(tmp_path) -> None:
 
 def test_the_example_in_docs_config_md_only_lacks_its_files(tmp_path) -> None:
     """The annotated example stays in step with the fields: on this machine only its paths are missing."""
-    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "config.md")).read()
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "config.md")) as f:
+        doc = f.read()
     example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     with pytest.raises(ConfigProblems) as caught:
         parse_config(example, "config.md", KINDS, config_dir=str(tmp_path), state_dir=str(tmp_path / "state"))

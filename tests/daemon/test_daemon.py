@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -28,7 +27,7 @@ from backend.vswitch.vnet_port import VnetClient
 from .helpers import Served, free_port, link_exists, ping_host, sockets_in, write_config
 
 GUEST_MAC = bytes.fromhex("020000a00001")
-SUBNET = "198.19.%d." % (os.getpid() % 200 + 20)
+SUBNET = f"198.19.{os.getpid() % 200 + 20}."
 OUR_IP, HOST_IP = SUBNET + "1", SUBNET + "2"
 
 
