@@ -6,6 +6,7 @@ Facts measured with QEMU 7.2 (docs/qemu.md):
 - sun4u has no free slot on its default bus: PCI devices go on the simba bridge
   `pciB`, which refuses hot-plug ("Bus 'pciB' does not support hotplugging"), so a
   `pci-bridge` (SHPC) placed on pciB at start is where hot-plugged devices go.
+- system_powerdown does nothing on sun4u (no powerdown notifier in the machine).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ArchProfile:
     hotplug_bridge: OptionGroup | None  # a device that creates hotplug_bus, if the machine lacks one
     hotplug_first_slot: int | None  # pick addresses from here (None: QEMU picks)
     console: str                  # kernel console= argument
+    power_button: bool            # system_powerdown reaches the guest
 
     def machine_group(self, memory_backend: str | None) -> OptionGroup:
         props = self.machine + ((("memory-backend", memory_backend),) if memory_backend else ())
@@ -43,6 +45,7 @@ X86_64 = ArchProfile(
     hotplug_bridge=None,
     hotplug_first_slot=None,
     console="ttyS0",
+    power_button=True,  # ACPI; our /init powers off on its input event
 )
 
 SPARC64 = ArchProfile(
@@ -57,6 +60,7 @@ SPARC64 = ArchProfile(
     ),
     hotplug_first_slot=1,  # QEMU's SHPC takes slots 1..31, and would pick slot 0 itself
     console="ttyS0",
+    power_button=False,  # QEMU's sun4u power device only takes the guest's own power-off write
 )
 
 ARCHES = {profile.name: profile for profile in (X86_64, SPARC64)}

@@ -85,18 +85,22 @@ class Console:
             raise GuestTimeoutError(f"{self.name}: no {pattern!r} on the console within {timeout:.0f} s; "
                                     f"last lines:\n{self.log.tail()}") from None
 
+    async def type(self, text: str) -> None:
+        """Send keystrokes to the guest's console."""
+        if self._writer is None:
+            raise QemuError(f"{self.name}: the console is read-only")
+        self._writer.write(text.encode())
+        await self._writer.drain()
+
     async def run(self, script: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a shell script in the guest's console shell; return its exit code and output.
 
         The script travels base64-encoded (no quoting trouble); the markers are split in
         the typed line so the tty's echo of it (wrapped at 80 columns) never matches."""
-        if self._writer is None:
-            raise QemuError(f"{self.name}: the console is read-only")
         self._commands += 1
         number = self._commands
-        self._writer.write(f'echo "CONSOLE-RUN-""BEGIN {number}"; echo {encode_command(script)} | base64 -d > '
-                           f'/tmp/run.sh; sh /tmp/run.sh; echo "CONSOLE-RUN-""END {number} $?"\n'.encode())
-        await self._writer.drain()
+        await self.type(f'echo "CONSOLE-RUN-""BEGIN {number}"; echo {encode_command(script)} | base64 -d > '
+                        f'/tmp/run.sh; sh /tmp/run.sh; echo "CONSOLE-RUN-""END {number} $?"\n')
         await self.expect(rf"^CONSOLE-RUN-BEGIN {number}$", timeout)
         start = self.log.cursor
         match = await self.expect(rf"CONSOLE-RUN-END {number} (\d+)$", timeout)

@@ -159,17 +159,21 @@ class Guest:
                                     f"last console lines:\n{tail}") from None
 
     async def power_down(self, timeout: float = 30.0) -> bool:
-        """ACPI/platform power button (system_powerdown); `quit` if the guest ignores it.
+        """Ask the guest to power off: the power button (system_powerdown) where the machine
+        has one, else `poweroff -f` typed into its console shell; `quit` if it does not.
         Returns True when the guest powered itself off."""
-        assert self.process is not None
+        assert self.process is not None and self.console is not None
         if self.process.returncode is not None:
             return True
-        await self.execute("system_powerdown")
+        if self.spec.arch.power_button:
+            await self.execute("system_powerdown")
+        else:
+            await self.console.type("sync; poweroff -f\n")
         try:
             await self.wait_exit(timeout)
             return True
         except GuestTimeoutError:
-            log.warning("%s: ignored system_powerdown for %.0f s; quitting QEMU", self.name, timeout)
+            log.warning("%s: did not power off within %.0f s; quitting QEMU", self.name, timeout)
             await self.quit()
             return False
 

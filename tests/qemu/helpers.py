@@ -66,3 +66,37 @@ async def run_command_guest(spec: GuestSpec) -> tuple[int, str, int]:
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+async def wait_for_block_device(guest: Guest, name: str, present: bool) -> None:
+    test = f"[ -e /sys/block/{name} ]" if present else f"[ ! -e /sys/block/{name} ]"
+    rc, output = await guest.run(f"for i in $(seq 100); do {test} && exit 0; sleep 0.2; done; exit 1")
+    assert rc == 0, f"/dev/{name} {'never appeared' if present else 'did not go away'}: {output}"
+
+
+async def vhost_blk_scenario(tmp_path: Path, backend_argv) -> None:
+    """x86_64 guest with a vhost-user disk at start and a second one hot-plugged:
+    data both ways on each, unplug (device_del, DEVICE_DELETED, chardev-remove), power-down.
+    `backend_argv(socket, disk)` is the back-end's command line."""
+    from backend.qemu import BackendProcess, VhostUserBlk
+
+    disks = [tmp_path / "boot.img", tmp_path / "hot.img"]
+    patterns = [make_disk(disk) for disk in disks]
+    sockets = [str(tmp_path / "boot.sock"), str(tmp_path / "hot.sock")]
+    boot, hot = VhostUserBlk("vub0", sockets[0]), VhostUserBlk("vub1", sockets[1])
+    async with BackendProcess(backend_argv(sockets[0], str(disks[0])), sockets[0]), \
+            BackendProcess(backend_argv(sockets[1], str(disks[1])), sockets[1]):
+        async with Guest(spec_for("x86_64", [boot])) as guest:
+            assert await guest.ready(BOOT_TIMEOUT) == ["vda"]
+            rc, output = await guest.run(roundtrip_script("vda"))
+            assert rc == 0, output
+            check_roundtrip(output, disks[0], patterns[0])
+            await guest.plug(hot)
+            await wait_for_block_device(guest, "vdb", present=True)
+            rc, output = await guest.run(roundtrip_script("vdb"))
+            assert rc == 0, output
+            check_roundtrip(output, disks[1], patterns[1])
+            await guest.unplug(hot)
+            await wait_for_block_device(guest, "vdb", present=False)
+            assert await guest.power_down(60), "guest ignored the ACPI power button"
+            assert guest.process.returncode == 0
