@@ -29,7 +29,7 @@ from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from ..vdisk.engine import DiskEngine
 from .registry import Context, Sample
-from .sockets import close_server, remove_socket
+from .sockets import remove_socket
 
 BLOCK = 512
 
@@ -209,7 +209,6 @@ class DiskService:
         return set()
 
     async def stop(self) -> None:
-        close_server(self.server._server)
         self.server.close()
         self.engine.close()  # flushes first
         remove_socket(self.spec.socket)

@@ -31,7 +31,7 @@ from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .channels import format_version
 from .registry import Context, Sample
-from .sockets import close_server, remove_socket
+from .sockets import remove_socket
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class VnetService:
         return set()
 
     async def stop(self) -> None:
-        close_server(self.server)
+        self.server.close()
         if self.port is not None:
             port = self.port
             port.endpoint.ldc.close()

@@ -292,11 +292,12 @@ class SocketServer:
         self.path = path
         self._on_connection = on_connection
         self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._listener = listen(self.path)
         self._listener.setblocking(False)
-        asyncio.get_running_loop().create_task(self._accept_loop())
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
 
     async def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -309,8 +310,18 @@ class SocketServer:
             self._on_connection(sock)
 
     def close(self) -> None:
+        """Stop accepting and close the listener.
+
+        The pending accept is cancelled first: closing the socket under it would leave
+        its descriptor number registered in the event loop, and the next socket that
+        reuses the number would never see a connection.
+        """
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
         if self._listener is not None:
             self._listener.close()
+            self._listener = None
 
 
 def listen(path: str) -> socket.socket:
