@@ -276,3 +276,32 @@ def test_link_down_drops_both_ways(world: World) -> None:
     world.lt.call(lambda: device.set_link(True))
     world.vnet_send(client, arp(1, mac(2), "10.9.0.2", bytes(6), "10.9.0.1"))
     assert parse_arp(guest.receive()[1])[1] == mac(2)
+
+
+def test_two_queue_pairs_carry_frames_on_either_pair(world: World) -> None:
+    device = world.lt.call(lambda: NetDevice(world.switch, PortConfig("mq", mtu=1500), mac(5), queue_pairs=2))
+    path = str(world.tmp / "mq.sock")
+    world.servers.append(world.lt.serve(path, device))
+    guest = NetGuest(path, ALL)
+    world.guests.append(guest)
+    assert guest.features & net.F_MQ and guest.guest.queue_count() == 4
+    assert net.CONFIG.unpack(guest.guest.read_config(0, net.CONFIG.size))[2] == 2
+    rx1, tx1 = guest.guest.start_queue(2, 256), guest.guest.start_queue(3, 256)
+    client = world.vnet(6)
+    frame = arp(1, mac(5), "10.10.0.5", bytes(6), "10.10.0.6")
+    data = guest.guest.buffer(bytes(12) + frame)
+    tx1.add([data])
+    guest.guest.kick(3)
+    guest.guest.wait_used(3)
+    assert parse_arp(world.vnet_receive(client, lambda f: parse_arp(f) is not None))[2] == "10.10.0.5"
+    buffers = [guest.guest.buffer(2048) for _ in range(8)]
+    for buffer in buffers:
+        rx1.add([], [buffer])
+    guest.guest.kick(2)
+    for seq in range(8):  # several flows: both receive queues are in use
+        world.vnet_send(client, icmp_echo(mac(6), f"10.10.0.{10 + seq}", mac(5), "10.10.0.5", seq=seq))
+    deadline = time.monotonic() + 5
+    while device.counters.rx_frames < 8:
+        assert time.monotonic() < deadline, device.counters
+        time.sleep(0.05)
+    assert rx1.pending_used() and guest.rx.pending_used()
