@@ -30,9 +30,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.qemu import BackendProcess, Guest, GuestSpec, TapNet, VhostUserNet, arch_profile, guest_image  # noqa: E402
-from backend.vswitch.netns import add_netns_host, unique_name  # noqa: E402
-from backend.vswitch.tap import link_info, netlink  # noqa: E402
+from backend.qemu import (
+    BackendProcess,
+    Guest,
+    GuestSpec,
+    TapNet,
+    VhostUserNet,
+    arch_profile,
+    guest_image,
+)
+from backend.vswitch.netns import add_netns_host, unique_name
+from backend.vswitch.tap import link_info, netlink
 
 HOST_IP, GUEST_IP = "198.19.95.2", "198.19.95.5"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -82,10 +90,11 @@ async def transfer(bridge: str, device, megabytes: int, cpu_pid) -> dict[str, fl
     """Boot a guest with `device`, run both transfers, return MB/s each way and CPU seconds used."""
     size = megabytes << 20
     with add_netns_host(bridge, f"{HOST_IP}/24") as host:
-        side = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, "-c", HOST_SIDE, HOST_IP, str(size), GUEST_IP],
-                                stdout=subprocess.PIPE, text=True)
+        side = await asyncio.create_subprocess_exec("ip", "netns", "exec", host.netns, sys.executable, "-c", HOST_SIDE, HOST_IP,
+                                                    str(size), GUEST_IP, stdout=asyncio.subprocess.PIPE)
+        assert side.stdout is not None
         try:
-            assert side.stdout.readline().strip() == "listening"
+            assert (await side.stdout.readline()).decode().strip() == "listening"
             spec = GuestSpec(arch_profile("x86_64"), guest_image("x86_64"), devices=[device], command=guest_script(megabytes),
                              ip=f"{GUEST_IP}/24", device_props={"vectors": 0})
             async with Guest(spec) as guest:
@@ -94,13 +103,19 @@ async def transfer(bridge: str, device, megabytes: int, cpu_pid) -> dict[str, fl
                 await guest.ready(180)
                 pid = cpu_pid(guest)
                 before = cpu_seconds(pid)
-                lines = await asyncio.to_thread(lambda: [side.stdout.readline().split() for _ in range(2)])
+                lines = [(await side.stdout.readline()).decode().split() for _ in range(2)]
                 used = cpu_seconds(pid) - before
                 await guest.command_exit(120)
             result = {words[0]: size / float(words[2]) / 1e6 for words in lines if len(words) == 3}
             return {"in": result["in"], "out": result["out"], "cpu_per_mb": used / (2 * megabytes)}
         finally:
-            side.kill()
+            if side.returncode is None:
+                side.kill()
+                await side.wait()
+
+
+def ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True)
 
 
 def enslave(ifname: str, bridge: str) -> None:
@@ -109,7 +124,7 @@ def enslave(ifname: str, bridge: str) -> None:
         if netlink(lambda ipr: link_info(ipr, ifname=ifname)) is not None:
             break
         time.sleep(0.05)
-    subprocess.run(["ip", "link", "set", ifname, "master", bridge, "up"], check=True)
+    ip("link", "set", ifname, "master", bridge, "up")
 
 
 async def main(megabytes: int) -> None:
@@ -124,13 +139,13 @@ async def main(megabytes: int) -> None:
                                                   lambda guest: backend.process.pid)
 
     bridge, tap = unique_name("vbr"), unique_name("qtap")
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    await asyncio.to_thread(ip, "link", "add", bridge, "type", "bridge")
     try:
+        await asyncio.to_thread(ip, "link", "set", bridge, "up")
         results["QEMU -netdev tap"] = await transfer(bridge, TapNet("net0", tap, "52:54:00:00:00:11"), megabytes,
                                                      lambda guest: guest.process.pid)
     finally:
-        subprocess.run(["ip", "link", "del", bridge], check=False)
+        await asyncio.to_thread(ip, "link", "del", bridge)
 
     print(f"\nguest <-> host TCP, {megabytes} MiB each way, x86_64 guest under TCG, INTx")
     print(f"{'path':<18} {'guest->host MB/s':>17} {'host->guest MB/s':>17} {'CPU s/MB':>10}")

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class NetPortSpec:
     name: str
@@ -109,7 +110,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def _uplink(switch, args: argparse.Namespace, offloads):
     """The tap uplink (with vnet headers and TUNSETOFFLOAD) as an offload-carrying switch port; returns its closer."""
     from ..vswitch.offload_ports import switch_offloaded
-    from ..vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice
+    from ..vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, VirtioNetHdr
     from ..vswitch.tap_offload import OffloadTapPort
 
     device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge),
@@ -120,5 +121,8 @@ def _uplink(switch, args: argparse.Namespace, offloads):
     except BaseException:
         device.close()
         raise
-    port.attach(asyncio.get_running_loop(), lambda frame, hdr: switch_offloaded(switch, port, frame, hdr, time.monotonic()))
+    def on_frame(frame: bytes, hdr: VirtioNetHdr) -> None:
+        switch_offloaded(switch, port, frame, hdr, time.monotonic())
+
+    port.attach(asyncio.get_running_loop(), on_frame)
     return port.close

@@ -79,7 +79,7 @@ def is_gso(hdr: VirtioNetHdr) -> bool:
 # ---- checksums ------------------------------------------------------------------------
 
 
-def ones_sum(data: bytes | memoryview) -> int:
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
     """The 16-bit one's-complement sum of `data` (big-endian words, odd byte padded).
 
     2**16 is 1 modulo 0xFFFF, so the sum of the words is the whole number
@@ -98,10 +98,9 @@ def fold(*sums: int) -> int:
     return total
 
 
-def checksum(*parts: bytes | memoryview) -> int:
+def checksum(*parts: bytes | bytearray | memoryview) -> int:
     """Internet checksum (RFC 1071) over the concatenation of `parts` (each of even length but the last)."""
-    value = ~fold(*(ones_sum(p) for p in parts)) & 0xFFFF
-    return value
+    return ~fold(*(ones_sum(p) for p in parts)) & 0xFFFF
 
 
 def complete_checksum(frame: bytes, hdr: VirtioNetHdr) -> bytes:
@@ -119,7 +118,7 @@ def complete_checksum(frame: bytes, hdr: VirtioNetHdr) -> bytes:
 class TcpFrame:
     """Where the headers of an Ethernet + IP + TCP frame are (checked against its length)."""
 
-    __slots__ = ("frame", "ip", "ipv6", "tcp", "payload")
+    __slots__ = ("frame", "ip", "ipv6", "payload", "tcp")
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
@@ -156,11 +155,11 @@ class TcpFrame:
             raise OffloadError(f"TCP data offset {doff} does not fit the frame")
         self.payload = self.tcp + doff
 
-    def pseudo_header(self, tcp_length: int, frame: bytes | None = None) -> bytes:
+    def pseudo_header(self, tcp_length: int, frame: bytes | bytearray | None = None) -> bytes:
         data = self.frame if frame is None else frame
         if self.ipv6:
-            return data[self.ip + 8 : self.ip + 40] + _U32.pack(tcp_length) + b"\0\0\0" + bytes([IPPROTO_TCP])
-        return data[self.ip + 12 : self.ip + 20] + b"\0" + bytes([IPPROTO_TCP]) + _U16.pack(tcp_length)
+            return bytes(data[self.ip + 8 : self.ip + 40]) + _U32.pack(tcp_length) + b"\0\0\0" + bytes([IPPROTO_TCP])
+        return bytes(data[self.ip + 12 : self.ip + 20]) + b"\0" + bytes([IPPROTO_TCP]) + _U16.pack(tcp_length)
 
 
 def segment(frame: bytes, hdr: VirtioNetHdr, *, limit: int | None = None) -> list[bytes]:
@@ -211,9 +210,8 @@ def segment(frame: bytes, hdr: VirtioNetHdr, *, limit: int | None = None) -> lis
 
 def check(frame: bytes, hdr: VirtioNetHdr) -> None:
     """Refuse a header whose offload request does not fit the frame (before anyone acts on it)."""
-    if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        if hdr.csum_offset % 2 or hdr.csum_start + hdr.csum_offset + 2 > len(frame):
-            raise OffloadError(f"checksum at {hdr.csum_start}+{hdr.csum_offset} does not fit a {len(frame)}-byte frame")
+    if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and (hdr.csum_offset % 2 or hdr.csum_start + hdr.csum_offset + 2 > len(frame)):
+        raise OffloadError(f"checksum at {hdr.csum_start}+{hdr.csum_offset} does not fit a {len(frame)}-byte frame")
     if is_gso(hdr):
         segment(frame, hdr, limit=1)
 

@@ -25,7 +25,13 @@ from ..errors import GuestError
 from .offload import ALL, Offloads
 from .offload_ports import deliver
 from .port import PortConfig
-from .tap import FRAMES_PER_WAKEUP, VIRTIO_NET_HDR_SIZE, TapCounters, TapDevice, VirtioNetHdr
+from .tap import (
+    FRAMES_PER_WAKEUP,
+    VIRTIO_NET_HDR_SIZE,
+    TapCounters,
+    TapDevice,
+    VirtioNetHdr,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ PCI devices run without MSI-X (vectors=0, INTx): see docs/vhost-net.md.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -56,20 +55,23 @@ def test_guest_pings_the_namespace_behind_the_uplink_and_sends_bulk_tcp(tmp_path
     async def scenario() -> tuple[int, str]:
         async with BackendProcess(vhost_net_argv({"g0": sock}, "--uplink", tap, "--bridge", bridge), sock):
             with add_netns_host(bridge, f"{HOST_IP}/24") as host:
-                receiver = subprocess.Popen(["ip", "netns", "exec", host.netns, "python3", "-c", RECEIVER, HOST_IP, str(BULK_BYTES)],
-                                            stdout=subprocess.PIPE, text=True)
+                receiver = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", host.netns, "python3", "-c", RECEIVER, HOST_IP, str(BULK_BYTES), stdout=asyncio.subprocess.PIPE)
                 try:
-                    assert receiver.stdout.readline().strip() == "listening"
+                    assert receiver.stdout is not None
+                    assert (await receiver.stdout.readline()).decode().strip() == "listening"
                     script = (f"ping -c 3 -W 3 {HOST_IP} && "
                               f"dd if=/dev/zero bs=65536 count={BULK_BYTES // 65536} 2>/dev/null | nc {HOST_IP} 5001")
                     spec = spec_for("x86_64", [VhostUserNet("net0", sock, "52:54:00:00:00:10")], script,
                                     ip="198.19.90.5/24", device_props=NO_MSIX)
                     rc, console, qemu_rc = await run_command_guest(spec)
                     assert rc == 0 and qemu_rc == 0, console[-3000:]
-                    out = await asyncio.to_thread(receiver.communicate, timeout=30)
-                    return rc, out[0]
+                    out, _ = await asyncio.wait_for(receiver.communicate(), 30)
+                    return rc, out.decode()
                 finally:
-                    receiver.kill()
+                    if receiver.returncode is None:
+                        receiver.kill()
+                        await receiver.wait()
 
     _, received = run(scenario())
     count, seconds = received.split()

@@ -71,8 +71,8 @@ class NetGuest:
             self._posted[self.rx.add([], [buffer])] = buffer
         self.guest.kick(RX)
 
-    def send(self, frame: bytes, hdr: VirtioNetHdr = VirtioNetHdr(), *, header_size: int = HDR_V1) -> None:
-        data = self.guest.buffer(hdr.pack(header_size) + frame)
+    def send(self, frame: bytes, hdr: VirtioNetHdr | None = None, *, header_size: int = HDR_V1) -> None:
+        data = self.guest.buffer((hdr or VirtioNetHdr()).pack(header_size) + frame)
         self.tx.add([data])
         self.guest.kick(TX)
         self.guest.wait_used(TX)

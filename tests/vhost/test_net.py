@@ -7,7 +7,11 @@ import time
 
 import pytest
 
-from backend.vhost.constants import VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, DeviceStatus
+from backend.vhost.constants import (
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    DeviceStatus,
+)
 from backend.vhost.devices import net
 from backend.vhost.devices.net import NetDevice
 from backend.vswitch.offload import GSO_TCPV4
@@ -139,7 +143,7 @@ def test_two_virtio_net_ports_and_a_jumbo_frame_across_mergeable_buffers(tmp_pat
         _, a = world.virtio(1)
         b_device, b = world.virtio(2, buffer_size=1024)
         a.send(icmp_echo(mac(1), "10.2.0.1", mac(2), "10.2.0.2", seq=1))  # flooded, teaches the switch mac(1)
-        _, echo = b.receive_matching(is_icmp(8))
+        b.receive_matching(is_icmp(8))
         big = icmp_echo(mac(2), "10.2.0.2", mac(1), "10.2.0.1", reply=True, seq=1, payload=bytes(range(256)) * 32)
         b.send(big)
         hdr, got = a.receive_matching(is_icmp(0))

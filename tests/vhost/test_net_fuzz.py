@@ -36,7 +36,7 @@ frames = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hdr=headers, frame=frames)
 def test_any_header_and_frame_is_switched_or_counted(fuzz_world, hdr: VirtioNetHdr, frame: bytes) -> None:
-    world, device, guest = fuzz_world
+    _, device, guest = fuzz_world
     before = (device.counters.tx_frames, device.counters.tx_bad_header)
     guest.send(frame, hdr)
     after = (device.counters.tx_frames, device.counters.tx_bad_header)

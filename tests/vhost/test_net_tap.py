@@ -18,11 +18,11 @@ import pytest
 
 from backend.vswitch import offload
 from backend.vswitch.netns import add_netns_host, unique_name
+from backend.vswitch.offload_ports import switch_offloaded
 from backend.vswitch.packets import arp, icmp_echo, parse_arp, parse_icmp
 from backend.vswitch.port import PortConfig
 from backend.vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice
 from backend.vswitch.tap_offload import OffloadTapPort
-from backend.vswitch.offload_ports import switch_offloaded
 
 from .net_driver import NetGuest
 from .net_packets import TCP_ACK, TCP_PSH, TCP_SYN, gso_header, parse_tcp, tcp_frame
@@ -83,7 +83,7 @@ def test_the_namespace_pings_the_guest_through_the_tap(uplinked) -> None:
     try:
         for _ in range(2):
             _, echo = answer(guest, lambda f: (parse_icmp(f) or (99,))[0] == 8)
-            kind, src, dst, ident, seq = parse_icmp(echo)
+            _, src, dst, ident, seq = parse_icmp(echo)
             assert (src, dst) == (HOST_IP, GUEST_IP)
             ihl = (echo[14] & 0xF) * 4
             payload = echo[14 + ihl + 8 : 14 + int.from_bytes(echo[16:18], "big")]
