@@ -80,16 +80,9 @@ class DiskKind:
 
     def check(self, spec: DiskSpec, env: CheckEnv) -> None:
         where = spec.where
-        problem = _store_problem(spec, env)
-        if problem:
-            env.problems.append(where.child(problem[0]).problem(problem[1]))
+        total = check_store(spec, env)
+        if total is None:
             return
-        try:
-            total = _store_size(spec.path) if os.path.exists(spec.path) else spec.create_size
-        except OSError as exc:
-            env.problems.append(where.child("path").problem(str(exc)))
-            return
-        assert total is not None
         for key in ("offset", "length"):
             value = getattr(spec, key)
             if value is not None and value % BLOCK:
@@ -119,7 +112,23 @@ class DiskKind:
         return DiskService(spec, engine, server)
 
 
-def _store_problem(spec: DiskSpec, env: CheckEnv) -> tuple[str, str] | None:
+def check_store(spec: Any, env: CheckEnv) -> int | None:
+    """The backing store's size in bytes, or None after adding the problem with it.
+
+    `spec` has path, create_size and read_only (a [[disk]] or a [[vhost_blk]]).
+    """
+    problem = _store_problem(spec, env)
+    if problem:
+        env.problems.append(spec.where.child(problem[0]).problem(problem[1]))
+        return None
+    try:
+        return _store_size(spec.path) if os.path.exists(spec.path) else spec.create_size
+    except OSError as exc:
+        env.problems.append(spec.where.child("path").problem(str(exc)))
+        return None
+
+
+def _store_problem(spec: Any, env: CheckEnv) -> tuple[str, str] | None:
     """(key, message) if the backing store cannot be used."""
     if os.path.exists(spec.path):
         mode = os.stat(spec.path).st_mode

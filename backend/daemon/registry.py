@@ -21,8 +21,12 @@ from ..config.model import ServiceSpec
 #: Modules with a `KIND`; start order follows `needs()`, then this order, then the file.
 KIND_MODULES: list[str] = [
     "backend.daemon.switches",
+    "backend.daemon.ds",
     "backend.daemon.vnet",
     "backend.daemon.disks",
+    "backend.daemon.vhost_blk",
+    "backend.daemon.vhost_net",
+    "backend.daemon.ldc",
     "backend.metrics",
 ]
 

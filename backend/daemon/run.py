@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import (
@@ -20,35 +20,48 @@ from ..config import (
     Config,
     ConfigProblems,
     Owned,
+    Problem,
     load_config,
     parse_config,
 )
 from ..control import ControlServer
 from ..errors import ConfigError
-from . import logs
+from . import guests, logs
 from .core import Daemon
 from .registry import ServiceKind, kinds
 
 log = logging.getLogger("backend.daemon")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConfigSource:
-    """Where the config comes from: a file, or the embedded default."""
+    """Where the config comes from: a file, or the embedded default, plus what `vio guest attach` added.
+
+    Attached devices are TOML tables appended to the text, so they pass every
+    check a file's own entries pass and survive reloads until detached.
+    """
 
     path: str | None
     state_dir: str | None = None
+    attached: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def load(self, registry: list[ServiceKind], owned: Owned | None = None) -> Config:
         owned = owned or Owned()
         if self.path is None:
-            return parse_config(DEFAULT_CONFIG, "<default config>", registry, owned=owned, state_dir=self.state_dir)
-        if self.state_dir is None:
+            return parse_config(self._with_attached(DEFAULT_CONFIG), "<default config>", registry, owned=owned,
+                                state_dir=self.state_dir)
+        if self.state_dir is None and not self.attached:
             return load_config(self.path, registry, owned=owned)
-        with open(self.path, encoding="utf-8") as f:
-            text = f.read()
-        return parse_config(text, self.path, registry, owned=owned,
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigProblems([Problem(self.path, 0, 0, "", f"cannot read the config file: {exc}")]) from None
+        return parse_config(self._with_attached(text), self.path, registry, owned=owned,
                             config_dir=os.path.dirname(os.path.abspath(self.path)), state_dir=self.state_dir)
+
+    def _with_attached(self, text: str) -> str:
+        return "\n".join([text, *self.attached.values()]) if self.attached else text
 
 
 class Runner:
@@ -60,6 +73,7 @@ class Runner:
         self.daemon = Daemon(registry, config)
         self.control = ControlServer(config.daemon.control_socket, {
             "status": self._status, "reload": self._reload, "stop": self._stop,
+            "domain": self._domain, "attach": self._attach, "detach": self._detach,
         })
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -114,6 +128,41 @@ class Runner:
             return await self.reload()
         except OSError as exc:
             raise ConfigError(f"reload failed, previous services kept: {exc}") from exc
+
+    async def _domain(self, request: dict[str, Any]) -> dict[str, Any]:
+        return guests.domain_devices(self.daemon, str(request.get("name")))
+
+    async def _attach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Add a device for a domain (a [[vhost_blk]] or [[vhost_net]] table) and start it."""
+        key, table = guests.attached_table(self.daemon.config, request)
+        async with self._reload_lock:
+            self.source.attached[key] = table
+            try:
+                await self._apply_source()
+            except BaseException:
+                del self.source.attached[key]
+                raise
+        return guests.device_entry(self.daemon, key)
+
+    async def _detach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Stop and forget a device `attach` added (file entries change by editing the file)."""
+        key = (str(request.get("kind")), str(request.get("name")))
+        async with self._reload_lock:
+            table = self.source.attached.pop(key, None)
+            if table is None:
+                raise ConfigError(f"{key[0]} {key[1]!r} was not attached by vio guest attach; "
+                                  "remove it from the config file and reload instead")
+            try:
+                await self._apply_source()
+            except BaseException:
+                self.source.attached[key] = table
+                raise
+        return {"detached": f"{key[0]}:{key[1]}"}
+
+    async def _apply_source(self) -> None:
+        config = self.source.load(self.registry, self.daemon.owned())
+        changes = await self.daemon.reload(config)
+        log.info("devices changed", extra={"event": "devices_changed", **changes.summary()})
 
     async def _stop(self, request: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self.stopping.set)  # after this reply has gone
