@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Packages that bring their own subcommands: each module has add_commands(subparsers) and
 # dispatch(args) -> exit code, or None when the command is not one of its own.
-PLUGIN_MODULES: list[str] = [".ds.cli", ".daemon_cli", ".vhost.cli", ".guest.cli", ".vhost.net_cli"]
+PLUGIN_MODULES: list[str] = [".ds.cli", ".daemon_cli", ".vhost.cli", ".guest.cli", ".vhost.net_cli", ".qemu.cli"]
 
 
 def _command_plugins() -> list:
