@@ -40,20 +40,24 @@ def uplinked(tmp_path):
     bridge = unique_name("vbr")
     tap = world.lt.call(lambda: TapDevice(unique_name("vtap"), bridge=bridge, create_bridge=True, vnet_hdr=True,
                                           vnet_hdr_size=VIRTIO_NET_HDR_SIZE))
-    port = OffloadTapPort(tap, PortConfig(tap.name))
-
-    def attach() -> None:
-        world.switch.attach(port, uplink=True)
-        port.attach(world.lt.loop, lambda frame, hdr: switch_offloaded(world.switch, port, frame, hdr, time.monotonic()))
-
-    world.lt.call(attach)
-    host = add_netns_host(bridge, f"{HOST_IP}/24")
-    device, guest = world.virtio(1)
+    port: OffloadTapPort | None = None
+    host = None
     try:
+        port = OffloadTapPort(tap, PortConfig(tap.name))
+
+        def attach() -> None:
+            world.switch.attach(port, uplink=True)
+            assert port is not None
+            port.attach(world.lt.loop, lambda frame, hdr: switch_offloaded(world.switch, port, frame, hdr, time.monotonic()))
+
+        world.lt.call(attach)
+        host = add_netns_host(bridge, f"{HOST_IP}/24")
+        device, guest = world.virtio(1)
         yield world, port, host, device, guest
     finally:
-        host.close()
-        world.lt.call(port.close)
+        if host is not None:
+            host.close()
+        world.lt.call(port.close if port is not None else tap.close)  # the tap takes the bridge it created along
         world.close()
 
 
