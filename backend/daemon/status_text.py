@@ -35,10 +35,10 @@ def _disks(group: str, entries: list[dict[str, Any]]) -> list[str]:
     for d in entries:
         c = d["counters"]
         rows.append([d["name"], d["domain"] or "-", d["path"], human(d["size_bytes"]),
-                     "ro" if d["read_only"] else "rw", d["cache"], d["export"], str(len(d["channels"])),
+                     "ro" if d["read_only"] else "rw", d["cache"], d.get("transport", "vds"), str(len(d["channels"]) + int(d.get("connected", False))),
                      str(c["reads"]), human(c["read_bytes"]), str(c["writes"]), human(c["written_bytes"]),
                      str(c["flushes"]), str(c["errors"])])
-    return section("DISKS", ["NAME", "DOMAIN", "PATH", "SIZE", "MODE", "CACHE", "EXPORT", "CLIENTS",
+    return section("DISKS", ["NAME", "DOMAIN", "PATH", "SIZE", "MODE", "CACHE", "TRANSPORT", "CLIENTS",
                              "READS", "READ", "WRITES", "WRITTEN", "FLUSHES", "ERRORS"], rows)
 
 

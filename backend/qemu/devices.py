@@ -130,7 +130,8 @@ class VhostUserNet:
                 ("netdev_add", {"type": "vhost-user", "id": self.netdev, "chardev": self.chardev})]
 
     def after_unplug(self) -> list[QmpCommand]:
-        return [("netdev_del", {"id": self.netdev}), ("chardev-remove", {"id": self.chardev})]
+        # QEMU's vhost-user netdev deletes its chardev with itself (QEMU 7.2: "Chardev not found" after)
+        return [("netdev_del", {"id": self.netdev})]
 
 
 @dataclass(frozen=True)

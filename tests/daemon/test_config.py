@@ -94,9 +94,9 @@ def test_a_good_file_gives_typed_settings_with_paths_resolved(tmp_path) -> None:
 
 def test_the_embedded_default_config_is_valid(tmp_path) -> None:
     config = parse_config(DEFAULT_CONFIG, "<default>", KINDS, state_dir=str(tmp_path))
-    assert {s.key for s in config.services} == {("disk", "ldg1-disk0"), ("switch", "vsw0"), ("vnet", "ldg1-net0")}
-    disk = config.service("disk", "ldg1-disk0")
-    assert disk.path == str(tmp_path / "ldg1-disk0.img") and disk.create_size == 64 << 20
+    assert {s.key for s in config.services} == {("ds", "ds"), ("switch", "vsw0"), ("vhost_blk", "disk0"), ("vhost_net", "net0")}
+    disk = config.service("vhost_blk", "disk0")
+    assert disk.path == str(tmp_path / "ldg1-disk0.img") and disk.create_size == 64 << 20 and disk.domain == "ldg1"
 
 
 # -- one problem at a time, with its line ---------------------------------------------------
@@ -124,7 +124,7 @@ def test_unknown_section_and_unknown_key_with_a_suggestion(tmp_path) -> None:
         mut = 1500
     ''')
     assert found == [
-        (5, "disks", "unknown section; known sections: daemon, domain, switch, vnet, disk, metrics"),
+        (5, "disks", "unknown section; known sections: daemon, domain, switch, ds, vnet, disk, vhost_blk, vhost_net, ldc, metrics"),
         (10, "switch[0].mut", "unknown key (did you mean 'mtu'?); known keys: name, mac, mtu, uplink, bridge, create_bridge, pvid, vlans, capture, ageing, max_fdb"),
     ]
 

@@ -276,7 +276,7 @@ def test_control_socket_answers_bad_requests_with_errors(tmp_path) -> None:
             sock.connect(served.control)
             reader = sock.makefile("rb")
             for line, error in ((b"not json\n", "not JSON"), (b"[1, 2]\n", "expected a JSON object"),
-                                (b'{"command": "dance"}\n', "unknown command 'dance'; known: reload, status, stop")):
+                                (b'{"command": "dance"}\n', "unknown command 'dance'; known: attach, detach, domain, reload, status, stop")):
                 sock.sendall(line)
                 reply = json.loads(reader.readline())
                 assert reply["ok"] is False and error in reply["error"]
