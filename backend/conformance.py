@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .ds import messages as ds
+from .ds.services import domain_shutdown, md_update, var_config
 from .ldc import packet as ldc_packet
 from .ldc.constants import HEADER_SIZE, PACKET_SIZE, Mode, PacketType
 from .ldc.memory import TRANSPORT_COOKIE, TransportCookie
@@ -689,3 +690,40 @@ def run_vector(vector: Mapping[str, Any]) -> list[str]:
     return problems
 
 REGISTRY.update({name: _ds_codec(*spec) for name, spec in _DS_MESSAGES.items()})
+
+
+_VAR_CONFIG_ZERO: Fields = {"type": 0, "name": "", "value": "", "result": 0}
+
+
+def _var_config_message(f: Mapping[str, Any]) -> var_config.Message:
+    kind = var_config.Type(f["type"])
+    if kind == var_config.Type.SET_REQ:
+        return var_config.SetRequest(f["name"], f["value"])
+    if kind == var_config.Type.DELETE_REQ:
+        return var_config.DeleteRequest(f["name"])
+    return var_config.Response(kind, f["result"])
+
+
+def _var_config_fields(payload: bytes) -> Fields:
+    message = var_config.decode(payload)
+    if isinstance(message, var_config.Response):
+        return {**_VAR_CONFIG_ZERO, "type": int(message.type), "result": message.result}
+    if isinstance(message, var_config.SetRequest):
+        return {**_VAR_CONFIG_ZERO, "type": int(var_config.Type.SET_REQ), "name": message.name, "value": message.value}
+    return {**_VAR_CONFIG_ZERO, "type": int(var_config.Type.DELETE_REQ), "name": message.name}
+
+
+# Payloads of the well-known DS services (the bytes after the 16-byte DATA header).
+REGISTRY.update({
+    "ds.domain_shutdown.request": _record_codec(
+        domain_shutdown.Request, domain_shutdown.Request.decode, domain_shutdown.Request(0, 0)
+    ),
+    "ds.domain_shutdown.response": _record_codec(
+        domain_shutdown.Response, domain_shutdown.Response.decode, domain_shutdown.Response(0, 0)
+    ),
+    "ds.md_update.request": _record_codec(md_update.Request, md_update.Request.decode, md_update.Request(0)),
+    "ds.md_update.response": _record_codec(md_update.Response, md_update.Response.decode, md_update.Response(0, 0)),
+    "ds.var_config": _payload_codec(
+        lambda f: var_config.encode(_var_config_message(f)), _var_config_fields, _VAR_CONFIG_ZERO
+    ),
+})
