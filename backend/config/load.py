@@ -142,6 +142,7 @@ def parse_config(text: str, source: str, kinds: Sequence[SectionKind], *, owned:
     env = CheckEnv(config, owned, problems)
     for spec in config.services:
         by_section[spec.kind].check(spec, env)
+    _check_needs(config, problems)
     _check_sockets(config, root, owned, problems)
     if problems:
         raise ConfigProblems(problems)
@@ -196,8 +197,17 @@ def _check_whole(config: Config, problems: list[Problem]) -> None:
     for spec in config.services:
         if spec.domain is not None and spec.domain not in domains:
             problems.append(spec.where.child("domain").problem(f"no [[domain]] named {spec.domain!r}; add one or fix the name"))
+
+
+def _check_needs(config: Config, problems: list[Problem]) -> None:
+    """Services a spec stands on must exist; what a kind's own check said about that key is not repeated."""
+    from .model import format_path
+
+    seen = {spec.key for spec in config.services}
+    for spec in config.services:
         for kind, name in spec.needs():
-            if (kind, name) not in seen:
+            key = format_path(spec.where.child(kind).path)
+            if (kind, name) not in seen and not any(p.key.startswith(key) for p in problems):
                 problems.append(spec.where.child(kind).problem(f"no [[{kind}]] named {name!r}"))
 
 
