@@ -69,22 +69,23 @@ class GuestSim:
                              f"asked for {len(config.nbd)} NBD exports and {len(config.taps)} taps")
         if ds and config.ds_socket:
             await self._start_ds(ds[0].endpoint)
-        for channel, path in zip(disks, config.nbd):
-            client = VdcClient(channel.endpoint)  # type: ignore[arg-type]
-            await client.open()
-            self.disks.append(client)
-            export = NbdExport(client, path, max_block=client.device.max_xfer)
-            await export.start()
-            self.exports.append(export)
+        # Every client takes its channel's events before any link comes up: the device opens
+        # its ends at once, and a handshake nobody listens to would leave a session behind.
+        self.disks = [VdcClient(channel.endpoint) for channel in disks[: len(config.nbd)]]  # type: ignore[arg-type]
         for channel, (tap, netns, address) in zip(vnets, config.taps):
             interface = GuestInterface(tap, netns, address)
             self.interfaces.append(interface)
             # A frame MTU with room for a VLAN tag: from vnet 1.4 the switch counts the tag in the
             # port MTU, so a 1514-byte offer would leave 1496 bytes of L3 payload, not 1500.
-            client = VnetClient(channel.endpoint, interface.mac, mtu=FRAME_LEN + VLAN_LEN, on_frame=interface.deliver)  # type: ignore[arg-type]
+            self.vnets.append(VnetClient(channel.endpoint, interface.mac, mtu=FRAME_LEN + VLAN_LEN, on_frame=interface.deliver))  # type: ignore[arg-type]
+        for client, path in zip(self.disks, config.nbd):
+            await client.open()
+            export = NbdExport(client, path, max_block=client.device.max_xfer)
+            await export.start()
+            self.exports.append(export)
+        for client, interface in zip(self.vnets, self.interfaces):
             await client.endpoint.open()
             interface.connect(client)
-            self.vnets.append(client)
 
     async def _start_ds(self, endpoint) -> None:
         config = self.config
