@@ -174,6 +174,18 @@ class MeteredDiskEngine(DiskEngine):
         self._count(reads=1, read_bytes=done)
         return done
 
+    def try_read_into(self, offset: int, buffers: Sequence[memoryview]) -> int:
+        """The cached-read fast path counts as a read; "would block" is not an error."""
+        try:
+            done = super().try_read_into(offset, buffers)  # type: ignore[misc]
+        except BlockingIOError:
+            raise
+        except OSError:
+            self._count(errors=1)
+            raise
+        self._count(reads=1, read_bytes=done)
+        return done
+
     def write_from(self, offset: int, buffers: Sequence[memoryview]) -> int:
         try:
             done = super().write_from(offset, buffers)

@@ -103,7 +103,7 @@ class LdcKind:
         from .ds import DsService
         from .switches import SwitchService
 
-        channels = []
+        channels: list[Any] = []
         for disk in spec.disks:
             export = ctx.service("disk", disk).server.export  # type: ignore[attr-defined]
             channels.append(ldc_services.vdisk(len(channels), export, disk))
@@ -135,11 +135,11 @@ class LdcService:
         from .channels import format_version
 
         channels = []
-        for name, channel in zip(self.spec.channel_names(), self.device.channels, strict=True):
+        for channel_name, channel in zip(self.spec.channel_names(), self.device.channels, strict=True):
             endpoint = channel.endpoint
             ldc = getattr(endpoint, "channel", None)
             channels.append({
-                "name": name, "service": channel.spec.info.service.name.lower(), "channel_id": channel.spec.info.channel_id,
+                "name": channel_name, "service": channel.spec.info.service.name.lower(), "channel_id": channel.spec.info.channel_id,
                 "ldc_state": "down" if ldc is None else ldc.state.value,
                 "ldc_version": format_version(getattr(ldc, "version", None)),
                 "vio_phase": "-", "vio_version": None,

@@ -7,7 +7,6 @@ import os
 import stat
 
 
-
 def remove_socket(path: str) -> None:
     """Unlink `path` if it is (still) a socket; anything else there is not ours."""
     with contextlib.suppress(FileNotFoundError):

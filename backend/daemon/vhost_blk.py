@@ -11,7 +11,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields import Dirs, Field, boolean, choice, file_path, integer, name, size, socket_path
+from ..config.fields import (
+    Dirs,
+    Field,
+    boolean,
+    choice,
+    file_path,
+    integer,
+    name,
+    size,
+    socket_path,
+)
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .disks import MeteredDiskEngine, check_store

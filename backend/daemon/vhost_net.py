@@ -12,7 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields import Dirs, Field, boolean, integer, mac, name, socket_path, vlan_id, vlan_ids
+from ..config.fields import (
+    Dirs,
+    Field,
+    boolean,
+    integer,
+    mac,
+    name,
+    socket_path,
+    vlan_id,
+    vlan_ids,
+)
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .registry import Context, Sample

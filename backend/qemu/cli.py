@@ -110,9 +110,8 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from .options import render_readconfig
-
     from .arch import arch_profile
+    from .options import render_readconfig
 
     domain = _domain(args)
     spec, _ = _spec(args, domain, binary=arch_profile(args.arch).binary)  # the binary is not part of the file
@@ -124,7 +123,14 @@ def _config(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     from .arch import arch_profile
-    from .managed import GuestFiles, kill, power_button, quit_qemu, type_on_console, wait_gone
+    from .managed import (
+        GuestFiles,
+        kill,
+        power_button,
+        quit_qemu,
+        type_on_console,
+        wait_gone,
+    )
 
     domain = _domain(args)
     files = GuestFiles.of(domain["state_dir"], args.domain)

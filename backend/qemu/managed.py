@@ -70,7 +70,7 @@ def guest_devices(domain: dict[str, Any]) -> tuple[list[Device], list[str]]:
     return devices, notes
 
 
-def to_device(entry: dict[str, Any]) -> Device | None:
+def to_device(entry: dict[str, Any]) -> VhostUserBlk | VhostUserNet | None:
     if entry["kind"] == "vhost_blk":
         return VhostUserBlk(entry["name"], entry["socket"], entry["queues"])
     if entry["kind"] == "vhost_net":
@@ -247,7 +247,7 @@ async def unplug(files: GuestFiles, device: Device, timeout: float = UNPLUG_TIME
 
             try:
                 await asyncio.wait_for(deleted(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise GuestTimeoutError(f"the guest did not release {device.id!r} within {timeout:.0f} s") from None
         for command, arguments in device.after_unplug():
             await _execute(client, command, arguments)

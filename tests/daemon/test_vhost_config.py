@@ -10,8 +10,7 @@ import sys
 import tempfile
 
 from backend.qemu.images import REPO
-
-from tests.daemon.test_config import only, problems, write
+from tests.daemon.test_config import only, problems
 
 HEAD = '''
     [daemon]
