@@ -6,6 +6,12 @@ blocking work in that device's own thread pool, so a slow disk never stalls
 the loop or another device. Each queue is served in turns of at most
 `TURN_BUDGET` requests; a queue with more work goes to the back of the loop's
 ready list, so no queue starves another.
+
+A queue whose next request (or whose rings) waits for an IOTLB translation is
+*parked*: the machine sends the miss on the back-end channel, and the update
+that answers it wakes every parked queue of the connection. The back-end
+channel's replies go through the same inbox as the main channel's messages,
+so an update is always applied before the ack of the miss it answered.
 """
 
 from __future__ import annotations
@@ -22,10 +28,21 @@ from typing import TypeVar
 from ..errors import ProtocolError
 from .constants import MAX_FDS
 from .device import VirtioDevice
+from .iotlb import IotlbMiss
 from .messages import Message, MessageDecoder
-from .protocol import BackendProtocol, CallChanged, DeviceBroken, DrainRequested, QueueStarted, QueueStopped
-from .shm import map_region
-from .virtqueue import DescriptorChain, QueueBroken, SplitQueue
+from .protocol import (
+    BackendChannel,
+    BackendProtocol,
+    BackendSend,
+    CallChanged,
+    DeviceBroken,
+    DrainRequested,
+    QueueStarted,
+    QueueStopped,
+    TranslationsChanged,
+)
+from .shm import InflightMemory, map_region
+from .virtqueue import DescriptorChain, QueueBroken, RingsUnmapped, SplitQueue
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +63,9 @@ class QueueRunner:
         self._loop = connection.loop
         self._kick_fd = kick_fd
         self._budget = 0
+        self._in_turn = False
         self._exhausted = False
+        self._parked = False
         self._scheduled = False
         self._notify_scheduled = False
         self.stopped = False
@@ -62,7 +81,7 @@ class QueueRunner:
     def pop(self) -> DescriptorChain | None:
         if self.stopped:
             return None
-        if self._budget <= 0:
+        if self._in_turn and self._budget <= 0:
             self._exhausted = True
             return None
         try:
@@ -70,14 +89,32 @@ class QueueRunner:
         except QueueBroken as exc:
             self.fail(str(exc))
             return None
+        except IotlbMiss as miss:
+            self._parked = True
+            self._connection.translation_missing(miss)
+            return None
+        except RingsUnmapped:
+            self._parked = True
+            return None
         if chain is not None:
             self._budget -= 1
         return chain
+
+    def rewind(self, count: int) -> None:
+        self.queue.rewind(count)
+
+    def wake(self) -> None:
+        """A turn soon (device work, or the IOTLB answered); completions deferred meanwhile get signalled."""
+        self._schedule()
+        self._schedule_notify()
 
     def complete(self, chain: DescriptorChain, written: int) -> None:
         if self._connection.closed:
             return
         self.queue.push(chain.head, written)
+        self._schedule_notify()
+
+    def _schedule_notify(self) -> None:
         if not self._notify_scheduled:
             self._notify_scheduled = True
             self._loop.call_soon(self._notify)
@@ -119,18 +156,22 @@ class QueueRunner:
         self._scheduled = False
         if self.stopped:
             return
-        self._budget, self._exhausted = TURN_BUDGET, False
+        self._budget, self._exhausted, self._parked, self._in_turn = TURN_BUDGET, False, False, True
         try:
             self._connection.device.handle_queue(self)
         except QueueBroken as exc:
             self.fail(str(exc))
             return
-        if self.stopped:
-            return
+        finally:
+            self._in_turn = False
+        if self.stopped or self._parked:
+            return  # parked: the IOTLB update wakes us
         try:
             more = self._exhausted or self.queue.enable_kicks()
         except QueueBroken as exc:
             self.fail(str(exc))
+            return
+        except RingsUnmapped:
             return
         if more:
             self._schedule()
@@ -162,20 +203,22 @@ class QueueRunner:
 class Connection:
     """One front-end on one socket, for one device."""
 
-    def __init__(self, sock: socket.socket, device: VirtioDevice, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, sock: socket.socket, device: VirtioDevice, executor: concurrent.futures.Executor, *, iommu: bool = False) -> None:
         self.sock = sock
         self.device = device
         self.executor = executor
         self.loop = asyncio.get_running_loop()
-        self.protocol = BackendProtocol(device, map_region)
+        self.protocol = BackendProtocol(device, map_region, iommu=iommu, inflight_mapper=InflightMemory())
         self.closed = False
         self.done = asyncio.Event()
         self._decoder = MessageDecoder()
-        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message | BackendReply | None] = asyncio.Queue()
         self._runners: dict[int, QueueRunner] = {}
         self._stopping: dict[int, QueueRunner] = {}
+        self._backend: BackendChannelSocket | None = None
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
+        device.set_config_notifier(self._config_changed)
         self._task = self.loop.create_task(self._process())
 
     def _on_readable(self) -> None:
@@ -207,8 +250,11 @@ class Connection:
     async def _process(self) -> None:
         try:
             while (message := await self._inbox.get()) is not None:
-                log.debug("vhost-user <- %s flags 0x%x %d bytes %d fds", message.name, message.flags, len(message.payload), len(message.fds))
-                self.protocol.receive(message)
+                if isinstance(message, BackendReply):
+                    self.protocol.backend_reply(message.message)
+                else:
+                    log.debug("vhost-user <- %s flags 0x%x %d bytes %d fds", message.name, message.flags, len(message.payload), len(message.fds))
+                    self.protocol.receive(message)
                 await self._apply()
         finally:
             self.close()
@@ -229,8 +275,15 @@ class Connection:
                     drains.append(event.index)
                 elif isinstance(event, DeviceBroken):
                     log.error("device on %s needs a reset: %s", self.sock.getsockname(), event.reason)
+                elif isinstance(event, BackendChannel):
+                    self._open_backend_channel(event.fd)
+                elif isinstance(event, BackendSend):
+                    await self._send_backend(event.message)
+                elif isinstance(event, TranslationsChanged):
+                    for runner in list(self._runners.values()):
+                        runner.wake()
             for reply in self.protocol.take_output():
-                await self.loop.sock_sendall(self.sock, reply.encode())
+                await self._send(reply)
             if not drains:
                 return
             for index in drains:
@@ -245,6 +298,46 @@ class Connection:
             runner.stop()
             self._stopping[index] = runner  # GET_VRING_BASE drains it; otherwise dropped
 
+    async def _send(self, reply: Message) -> None:
+        if not reply.fds:
+            await self.loop.sock_sendall(self.sock, reply.encode())
+            return
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", reply.fds).tobytes())]
+        while True:  # one small message: the socket buffer takes it, or soon will
+            try:
+                self.sock.sendmsg([reply.encode()], rights)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    def _open_backend_channel(self, fd: int) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        try:
+            self._backend = BackendChannelSocket(self, fd)
+        except OSError as exc:
+            log.error("vhost-user back-end channel unusable: %s", exc)
+            self._backend = None
+
+    async def _send_backend(self, message: Message) -> None:
+        if self._backend is None:
+            log.warning("no back-end channel for %s", message.name)
+            return
+        try:
+            await self.loop.sock_sendall(self._backend.sock, message.encode())
+        except OSError as exc:
+            log.warning("vhost-user back-end channel: %s", exc)
+
+    def translation_missing(self, miss: IotlbMiss) -> None:
+        self.protocol.request_translation(miss.iova, miss.write)
+        self.loop.create_task(self._apply())
+
+    def _config_changed(self) -> bool:
+        sent = self.protocol.config_changed()
+        if sent:
+            self.loop.create_task(self._apply())
+        return sent
+
     def device_broken(self, reason: str) -> None:
         self.protocol.mark_broken(reason)
         self.loop.create_task(self._apply())
@@ -253,8 +346,11 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.device.set_config_notifier(None)
         for index in list(self._runners):
             self._stop_runner(index)
+        if self._backend is not None:
+            self._backend.close()
         self.protocol.close()
         self.protocol.take_events()
         _close_all(self._decoder.pending_fds())
@@ -268,12 +364,59 @@ class Connection:
             self._task.cancel()
 
 
-class VhostUserServer:
-    """Serves one device on one Unix socket; one front-end at a time, and again after it leaves."""
+class BackendReply:
+    """A message read from the back-end channel (the front-end's replies to our requests)."""
 
-    def __init__(self, path: str, device: VirtioDevice, *, io_threads: int = 4) -> None:
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+class BackendChannelSocket:
+    """Our duplicate of the back-end channel's fd: we write misses and read the front-end's acks."""
+
+    def __init__(self, connection: Connection, fd: int) -> None:
+        self.sock = socket.socket(fileno=os.dup(fd))
+        self.sock.setblocking(False)
+        self._connection = connection
+        self._decoder = MessageDecoder()
+        connection.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        try:
+            for message in self._decoder.feed(data):
+                self._connection._inbox.put_nowait(BackendReply(message))
+        except ProtocolError as exc:
+            log.error("vhost-user back-end channel sent garbage, closing it: %s", exc)
+            self.close()
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._connection.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+class VhostUserServer:
+    """Serves one device on one Unix socket; one front-end at a time, and again after it leaves.
+
+    `iommu`: offer VIRTIO_F_ACCESS_PLATFORM (the device IOTLB); front-ends without an
+    IOMMU for the device (QEMU without iommu_platform=on) do not take it, so it is on by default.
+    """
+
+    def __init__(self, path: str, device: VirtioDevice, *, io_threads: int = 4, iommu: bool = True) -> None:
         self.path = path
         self.device = device
+        self.iommu = iommu
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix=f"vhost-io-{os.path.basename(path)}")
         self.connection: Connection | None = None
         self._listener: socket.socket | None = None
@@ -302,7 +445,7 @@ class VhostUserServer:
                 continue
             log.info("%s: front-end connected", self.path)
             self.device.reset()
-            self.connection = Connection(sock, self.device, self.executor)
+            self.connection = Connection(sock, self.device, self.executor, iommu=self.iommu)
 
     def close(self) -> None:
         if self._task is not None:

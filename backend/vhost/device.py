@@ -20,13 +20,25 @@ T = TypeVar("T")
 
 
 class ServedQueue(Protocol):
-    """What a device may do with one running queue (given by the core's I/O edge)."""
+    """What a device may do with one running queue (given by the core's I/O edge).
+
+    `pop` works inside `handle_queue` (a turn) and also outside it, for work the
+    device starts itself (a frame arriving for a receive queue): then no turn
+    budget applies. A request whose addresses need an IOTLB translation is not
+    taken (None); the queue gets a turn again once the front-end answered.
+    """
 
     index: int
 
     def pop(self) -> DescriptorChain | None:
-        """The next request, or None when the queue is empty or this turn's budget is spent
-        (the core then serves the other queues and comes back: no queue starves another)."""
+        """The next request, or None when the queue is empty, waits for a translation, or this
+        turn's budget is spent (the core then serves the other queues and comes back)."""
+
+    def rewind(self, count: int) -> None:
+        """Give back the last `count` requests taken and not completed (e.g. a frame did not fit)."""
+
+    def wake(self) -> None:
+        """Ask for a turn (handle_queue) soon, e.g. when the device has new work for this queue."""
 
     def complete(self, chain: DescriptorChain, written: int) -> None:
         """Hand the chain back with `written` bytes filled in; the driver is signalled in batches."""
@@ -40,6 +52,8 @@ class ServedQueue(Protocol):
 
 class VirtioDevice(ABC):
     """A virtio device served over vhost-user."""
+
+    _config_notifier: Callable[[], bool] | None = None
 
     #: virtio device type (2 = block, 1 = net), for logs and the front-end
     device_type: int = 0
@@ -77,3 +91,12 @@ class VirtioDevice(ABC):
 
     def reset(self) -> None:
         """Back to the state after construction (RESET_DEVICE, or status 0)."""
+
+    def notify_config_change(self) -> bool:
+        """Raise a config interrupt: the driver re-reads config() (CONFIG_CHANGE_MSG on the back-end
+        channel). False when no connected front-end can take it (no channel, CONFIG not negotiated)."""
+        return self._config_notifier() if self._config_notifier is not None else False
+
+    def set_config_notifier(self, notifier: Callable[[], bool] | None) -> None:
+        """The core's I/O edge plugs in the connection's back-end channel (None when it goes)."""
+        self._config_notifier = notifier

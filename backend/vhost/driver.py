@@ -2,7 +2,10 @@
 
 `GuestRam` is memfd-backed "guest memory" with a small allocator; `DriverQueue`
 lays out a split ring in it, adds chains (direct or indirect), reads the used
-ring and decides when to kick, like Linux's virtio_ring. Tests and the guest
+ring and decides when to kick, like Linux's virtio_ring. With an `Iommu`
+(iommu.py) the queue does what the DMA API does: rings are mapped once,
+each chain's buffers are mapped when added and unmapped when returned, and
+the device only ever sees I/O virtual addresses. Tests and the guest
 simulator also use the raw writers to hand a back-end deliberately bad rings.
 """
 
@@ -20,6 +23,7 @@ from .constants import (
     VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
 )
+from .iommu import Iommu
 from .messages import MemoryRegion, VringAddr
 from .virtqueue import DESC, U16, USED_ELEM, check_queue_size, ring_sizes
 
@@ -93,9 +97,11 @@ class GuestRam:
 class DriverQueue:
     """The driver half of one split virtqueue in `ram`."""
 
-    def __init__(self, ram: GuestRam, index: int, size: int, *, event_idx: bool = False) -> None:
+    def __init__(self, ram: GuestRam, index: int, size: int, *, event_idx: bool = False, iommu: Iommu | None = None) -> None:
         check_queue_size(size)
         self.ram = ram
+        self.iommu = iommu
+        self.unmapped: list[tuple[int, int]] = []  # IOVA ranges unmapped since the front-end last looked
         self.index = index
         self.size = size
         self.event_idx = event_idx
@@ -110,13 +116,28 @@ class DriverQueue:
             view[:] = bytes(len(view))
         self._free_heads = list(range(size))
         self._chains: dict[int, tuple[list[int], Buffer | None]] = {}
+        self._dma: dict[int, list[tuple[int, int]]] = {}  # head -> IOVA ranges mapped for the chain
+        if iommu is not None:
+            self._ring_iovas = [iommu.map(b.gpa, b.length, write) for b, write in
+                                ((self.desc_buf, False), (self.avail_buf, False), (self.used_buf, True))]
         self.avail_idx = 0
         self.last_used = 0
         self._kicked_at = 0
 
     def addresses(self) -> VringAddr:
-        """SET_VRING_ADDR payload: ring addresses in the front-end's virtual address space."""
+        """SET_VRING_ADDR payload: ring addresses in the front-end's virtual address space (IOVAs behind an IOMMU)."""
+        if self.iommu is not None:
+            desc, avail, used = self._ring_iovas
+            return VringAddr(self.index, 0, desc, used, avail)
         return VringAddr(self.index, 0, self.ram.uva_of(self.desc_buf.gpa), self.ram.uva_of(self.used_buf.gpa), self.ram.uva_of(self.avail_buf.gpa))
+
+    def _bus(self, buffer: Buffer, write: bool, mapped: list[tuple[int, int]]) -> int:
+        """The address the device is given for a buffer: its GPA, or a fresh IOVA mapping."""
+        if self.iommu is None:
+            return buffer.gpa
+        iova = self.iommu.map(buffer.gpa, buffer.length, write)
+        mapped.append((iova, buffer.length))
+        return iova
 
     @property
     def free_descriptors(self) -> int:
@@ -127,14 +148,16 @@ class DriverQueue:
         parts = [(b, 0) for b in readable] + [(b, VRING_DESC_F_WRITE) for b in writable]
         if not parts:
             raise ValueError("a chain needs at least one buffer")
+        mapped: list[tuple[int, int]] = []
         if indirect:
             table = self.ram.alloc(16 * len(parts), 16)
             view = self.ram.view(table.gpa, table.length)
             for i, (buffer, flags) in enumerate(parts):
                 last = i == len(parts) - 1
-                DESC.pack_into(view, 16 * i, buffer.gpa, buffer.length, flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else i + 1)
+                DESC.pack_into(view, 16 * i, self._bus(buffer, bool(flags), mapped), buffer.length,
+                               flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else i + 1)
             head = self._take(1)[0]
-            self.write_descriptor(head, table.gpa, table.length, VRING_DESC_F_INDIRECT, 0)
+            self.write_descriptor(head, self._bus(table, False, mapped), table.length, VRING_DESC_F_INDIRECT, 0)
             self._chains[head] = ([head], table)
         else:
             if len(parts) > len(self._free_heads):
@@ -142,9 +165,11 @@ class DriverQueue:
             ids = self._take(len(parts))
             for i, (buffer, flags) in enumerate(parts):
                 last = i == len(parts) - 1
-                self.write_descriptor(ids[i], buffer.gpa, buffer.length, flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else ids[i + 1])
+                self.write_descriptor(ids[i], self._bus(buffer, bool(flags), mapped), buffer.length,
+                                      flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else ids[i + 1])
             head = ids[0]
             self._chains[head] = (ids, None)
+        self._dma[head] = mapped
         self.publish(head)
         return head
 
@@ -187,6 +212,8 @@ class DriverQueue:
             self.last_used = (self.last_used + 1) & 0xFFFF
             ids, table = self._chains.pop(head, ([], None))
             self._free_heads += ids
+            for iova, length in self._dma.pop(head, []):
+                self.unmapped.append(self.iommu.unmap(iova, length))  # type: ignore[union-attr]
             if table is not None:
                 self.ram.free(table)
             out.append((head, written))

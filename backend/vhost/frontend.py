@@ -10,6 +10,12 @@ config reads), which is the API other code builds on:
     queue = guest.start_queue(0, size=128)
     head = queue.add([guest_buffer], [status_buffer]); guest.kick(0)
     completed = guest.wait_used(0)
+
+With an `Iommu` the guest negotiates VIRTIO_F_ACCESS_PLATFORM, hands the
+back-end a back-end channel (SET_BACKEND_REQ_FD), gives the device IOVAs only,
+and answers the back-end's IOTLB misses the way QEMU does: an UPDATE on the
+main channel (acked), then the miss's own ack. Unmapped buffers are
+invalidated (INVALIDATE) unless `invalidate_on_unmap` is off, as on sun4u.
 """
 
 from __future__ import annotations
@@ -25,14 +31,22 @@ from ..errors import ProtocolError
 from .constants import (
     F_PROTOCOL_FEATURES,
     FLAG_NEED_REPLY,
+    FLAG_REPLY,
+    IOTLB_INVALIDATE,
+    IOTLB_MISS,
+    IOTLB_RO,
     VERSION,
+    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_RING_F_EVENT_IDX,
+    BackendRequest,
     ProtocolFeature,
     Request,
 )
 from .driver import Buffer, DriverQueue, GuestRam
+from .iommu import Iommu
 from .messages import (
     ConfigSpace,
+    IotlbMessage,
     Message,
     MessageDecoder,
     VringState,
@@ -102,17 +116,22 @@ class Frontend:
 class VirtioGuest:
     """A guest driver's view of one vhost-user device: memory, negotiation, queues, notifications."""
 
-    def __init__(self, frontend: Frontend, ram: GuestRam) -> None:
+    def __init__(self, frontend: Frontend, ram: GuestRam, iommu: Iommu | None = None) -> None:
         self.frontend = frontend
         self.ram = ram
+        self.iommu = iommu
+        self.invalidate_on_unmap = True
         self.features = 0
         self.queues: dict[int, DriverQueue] = {}
         self.kick_fds: dict[int, int] = {}
         self.call_fds: dict[int, int] = {}
+        self.backend: socket.socket | None = None  # our end of the back-end channel
+        self.config_changes = 0
+        self._backend_decoder = MessageDecoder()
 
     @classmethod
-    def connect(cls, path: str, *, memory_size: int = 64 << 20, timeout: float = 10.0) -> VirtioGuest:
-        return cls(Frontend.connect(path, timeout), GuestRam(memory_size))
+    def connect(cls, path: str, *, memory_size: int = 64 << 20, timeout: float = 10.0, iommu: Iommu | None = None) -> VirtioGuest:
+        return cls(Frontend.connect(path, timeout), GuestRam(memory_size), iommu)
 
     # ---- setup, in the order QEMU uses -------------------------------------------------
 
@@ -124,7 +143,13 @@ class VirtioGuest:
             chosen = backend & (protocol if protocol is not None else backend)
             self.frontend.send(Request.SET_PROTOCOL_FEATURES, encode_u64(chosen))
             self.frontend.protocol_features = chosen
+            if chosen & ProtocolFeature.BACKEND_REQ:
+                self.open_backend_channel()
         self.frontend.command(Request.SET_OWNER)
+        if self.iommu is not None and not offered & VIRTIO_F_ACCESS_PLATFORM:
+            raise ProtocolError("the back-end does not offer VIRTIO_F_ACCESS_PLATFORM (needed behind an IOMMU)")
+        if self.iommu is None:
+            wanted &= ~VIRTIO_F_ACCESS_PLATFORM  # no IOMMU in front of this device: addresses are guest-physical
         self.features = offered & (wanted | F_PROTOCOL_FEATURES)
         self.frontend.command(Request.SET_FEATURES, encode_u64(self.features))
         self.frontend.command(Request.SET_MEM_TABLE, encode_mem_table([self.ram.region()]), [self.ram.fd])
@@ -144,7 +169,7 @@ class VirtioGuest:
 
     def start_queue(self, index: int, size: int = 128) -> DriverQueue:
         """NUM, BASE, ADDR, KICK, CALL, then ENABLE: the ring runs after this."""
-        queue = DriverQueue(self.ram, index, size, event_idx=bool(self.features & VIRTIO_RING_F_EVENT_IDX))
+        queue = DriverQueue(self.ram, index, size, event_idx=bool(self.features & VIRTIO_RING_F_EVENT_IDX), iommu=self.iommu)
         kick, call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC), os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.frontend.command(Request.SET_VRING_NUM, VringState(index, size).encode())
         self.frontend.command(Request.SET_VRING_BASE, VringState(index, 0).encode())
@@ -181,16 +206,67 @@ class VirtioGuest:
         done: list[tuple[int, int]] = []
         while True:
             done += queue.take_used()
+            self._invalidate_unmapped(queue)
             if len(done) >= count:
                 return done
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"queue {index}: {len(done)} of {count} completions after {timeout} s")
-            if select.select([call], [], [], left)[0]:
+            ready = select.select([call] + ([self.backend] if self.backend else []), [], [], left)[0]
+            if call in ready:
                 try:
                     os.read(call, 8)
                 except BlockingIOError:
                     pass
+            if self.backend is not None and self.backend in ready:
+                self.serve_backend()
+
+    # ---- the back-end channel and the IOMMU ---------------------------------------------
+
+    def open_backend_channel(self) -> None:
+        """SET_BACKEND_REQ_FD: a socket pair; the back-end gets one end."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.frontend.command(Request.SET_BACKEND_REQ_FD, b"", [theirs.fileno()])
+        finally:
+            theirs.close()
+        self.backend = ours
+
+    def serve_backend(self) -> None:
+        """Handle what the back-end sent on its channel (misses, config changes); the back-end
+        closing it is not an error here (the main channel tells)."""
+        assert self.backend is not None
+        data = self.backend.recv(65536)
+        for message in self._backend_decoder.feed(data):
+            ok = True
+            if message.request == BackendRequest.IOTLB_MSG:
+                ok = self._answer_miss(IotlbMessage.decode(message.payload))
+            elif message.request == BackendRequest.CONFIG_CHANGE_MSG:
+                self.config_changes += 1
+            else:
+                ok = False
+            if message.need_reply:
+                reply = Message(message.request, VERSION | FLAG_REPLY, encode_u64(0 if ok else 1))
+                self.backend.sendall(reply.encode())
+
+    def _answer_miss(self, miss: IotlbMessage) -> bool:
+        if self.iommu is None or miss.type != IOTLB_MISS:
+            return False
+        update = self.iommu.answer(miss.iova, miss.perm != IOTLB_RO, self.ram.uva_of)
+        if update is None:
+            return False
+        return self.send_iotlb(update) == 0
+
+    def send_iotlb(self, message: IotlbMessage) -> int:
+        """An IOTLB UPDATE/INVALIDATE (always acked); returns the back-end's status."""
+        self.frontend.send(Request.IOTLB_MSG, message.encode(), need_reply=True)
+        return decode_u64(self.frontend.call_reply(Request.IOTLB_MSG))
+
+    def _invalidate_unmapped(self, queue: DriverQueue) -> None:
+        ranges, queue.unmapped = queue.unmapped, []
+        if self.invalidate_on_unmap:
+            for iova, size in ranges:
+                self.send_iotlb(IotlbMessage(iova, size, 0, 0, IOTLB_INVALIDATE))
 
     def buffer(self, data: bytes | int) -> Buffer:
         """Guest memory holding `data` (or that many zero bytes)."""
@@ -202,6 +278,8 @@ class VirtioGuest:
 
     def close(self) -> None:
         self.frontend.close()
+        if self.backend is not None:
+            self.backend.close()
         for fd in list(self.kick_fds.values()) + list(self.call_fds.values()):
             os.close(fd)
         self.kick_fds.clear()

@@ -2,9 +2,9 @@
 
 vhost-user names memory two ways: descriptors carry guest-physical addresses
 (GPA), SET_VRING_ADDR carries the front-end's own virtual addresses (UVA).
-Both resolve through the same regions. A device IOTLB (issue 8) adds a third
-way, I/O virtual addresses; the virtqueue only sees the `AddressSpace` seam,
-so that layer slots in without touching the walker.
+Both resolve through the same regions. With VIRTIO_F_ACCESS_PLATFORM a third
+way, I/O virtual addresses, goes through the device IOTLB (iotlb.py) first;
+the virtqueue only sees the `AddressSpace` seam.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from .messages import MemoryRegion
 class AddressSpace(Protocol):
     """Turns (address, length) into views of shared memory, or raises GuestError."""
 
-    def views(self, addr: int, length: int) -> list[memoryview]: ...
+    def views(self, addr: int, length: int, write: bool = False) -> list[memoryview]: ...
 
-    def view(self, addr: int, length: int) -> memoryview: ...
+    def view(self, addr: int, length: int, write: bool = False) -> memoryview: ...
+
+    def end_request(self) -> None:
+        """A request was taken whole: translations kept only for it may go (IOTLB rule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ class _RegionSpace:
                 return mapped
         raise GuestError(f"{self._label} 0x{addr:x} is in no memory region")
 
-    def view(self, addr: int, length: int) -> memoryview:
+    def view(self, addr: int, length: int, write: bool = False) -> memoryview:
         """One contiguous view (rings, indirect tables): must sit inside a single region."""
         if length < 0 or addr < 0:
             raise GuestError(f"bad {self._label} range 0x{addr:x}+{length}")
@@ -82,7 +85,7 @@ class _RegionSpace:
             raise GuestError(f"{self._label} 0x{addr:x}+{length} runs past the end of its region")
         return mapped.data[offset : offset + length]
 
-    def views(self, addr: int, length: int) -> list[memoryview]:
+    def views(self, addr: int, length: int, write: bool = False) -> list[memoryview]:
         """Views for a buffer that may cross into an adjacent region."""
         if length < 0 or addr < 0 or addr + length > 1 << 64:
             raise GuestError(f"bad {self._label} range 0x{addr:x}+{length}")
@@ -95,6 +98,9 @@ class _RegionSpace:
             addr += take
             length -= take
         return out
+
+    def end_request(self) -> None:
+        """Region translations never expire."""
 
 
 def _check_disjoint(regions: list[MappedRegion], start_of, what: str) -> None:

@@ -12,6 +12,22 @@ output; what the I/O edge must do goes to the outbox events:
                                                  in-flight requests, then call
                                                  `queue_drained(index)`, which sends the reply
   DeviceBroken(reason)                           the driver broke a queue; logged, status has NEEDS_RESET
+  BackendChannel(fd)                             the front-end's back-end request channel (SET_BACKEND_REQ_FD)
+  BackendSend(message)                           send this on that channel (IOTLB miss, config change)
+  TranslationsChanged()                          IOTLB updates/invalidations: parked queues retry
+
+With VIRTIO_F_ACCESS_PLATFORM negotiated, ring and buffer addresses are IOVAs
+translated by the device IOTLB (iotlb.py). A lookup that misses never waits:
+the machine sends a MISS (with NEED_REPLY) on the back-end channel, the queue
+parks, and the front-end's UPDATE wakes it. QEMU answers a miss with an UPDATE
+on the main channel first and then acks the miss, so an ack whose miss no
+update answered means the IOMMU refused: the IOVA is marked refused and the
+request that needs it breaks the device. Rings whose translation is missing
+(or invalidated) are unbound meanwhile (virtqueue.RingsUnmapped).
+
+With VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD each ring marks the heads it takes
+in the front-end's inflight region (inflight.py), so a restarted back-end
+resubmits what a killed one left unfinished.
 
 A ring is *started* once it has a size, addresses, a kick fd and memory, and
 *stopped* by GET_VRING_BASE. It is *enabled* by SET_VRING_ENABLE, or from the
@@ -25,26 +41,50 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..errors import BackendError, GuestError, ProtocolError
 from ..outbox import Outbox
 from .constants import (
     F_PROTOCOL_FEATURES,
     FLAG_NEED_REPLY,
+    IOTLB_INVALIDATE,
+    IOTLB_MISS,
+    IOTLB_RO,
+    IOTLB_RW,
+    IOTLB_UPDATE,
+    MAX_QUEUE_SIZE,
+    VERSION,
+    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
     VRING_INDEX_MASK,
     VRING_NOFD,
+    BackendRequest,
     DeviceStatus,
     ProtocolFeature,
     Request,
 )
 from .device import VirtioDevice
-from .memory import GuestMemory, MappedRegion
-from .messages import ConfigSpace, Message, MemoryRegion, VringAddr, VringState, decode_mem_table, decode_u64, encode_u64
+from .inflight import InflightRing, queue_region_size, region_size
+from .iotlb import DeviceIotlb, IotlbMiss, IotlbSpace
+from .memory import AddressSpace, GuestMemory, MappedRegion
+from .messages import (
+    ConfigSpace,
+    InflightInfo,
+    IotlbMessage,
+    MemoryRegion,
+    Message,
+    VringAddr,
+    VringState,
+    decode_mem_table,
+    decode_u64,
+    encode_u64,
+)
 from .virtqueue import QueueBroken, RingViews, SplitQueue, check_queue_size
 
 log = logging.getLogger(__name__)
@@ -57,7 +97,27 @@ ANSWERED = {
     Request.GET_CONFIG, Request.GET_STATUS, Request.GET_INFLIGHT_FD, Request.GET_MAX_MEM_SLOTS,
 }
 
+# Always acknowledged (vhost-user.rst: the back-end "has to acknowledge" IOTLB messages).
+ALWAYS_ACKED = {Request.IOTLB_MSG}
+MAX_INFLIGHT_QUEUES = 64
+
 Mapper = Callable[[MemoryRegion, int], MappedRegion]
+
+
+class InflightMapper(Protocol):
+    """Shared memory for inflight regions (shm.py): create one, or map the front-end's."""
+
+    def create(self, size: int) -> tuple[int, memoryview]: ...
+
+    def map(self, fd: int, size: int, offset: int) -> memoryview: ...
+
+
+@dataclass(slots=True)
+class InflightRegion:
+    fd: int
+    data: memoryview
+    num_queues: int
+    queue_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +149,22 @@ class DeviceBroken:
     reason: str
 
 
-Event = QueueStarted | QueueStopped | CallChanged | DrainRequested | DeviceBroken
+@dataclass(frozen=True, slots=True)
+class BackendChannel:
+    fd: int  # owned by the machine; the edge uses its own duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSend:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class TranslationsChanged:
+    pass
+
+
+Event = QueueStarted | QueueStopped | CallChanged | DrainRequested | DeviceBroken | BackendChannel | BackendSend | TranslationsChanged
 
 
 @dataclass(slots=True)
@@ -112,10 +187,17 @@ class Vring:
 class BackendProtocol(Outbox[Message, Event]):
     """One front-end connection's protocol state for one device."""
 
-    def __init__(self, device: VirtioDevice, mapper: Mapper) -> None:
+    def __init__(self, device: VirtioDevice, mapper: Mapper, *, iommu: bool = False, inflight_mapper: InflightMapper | None = None) -> None:
         super().__init__()
         self.device = device
         self._mapper = mapper
+        self._iommu = iommu
+        self._inflight_mapper = inflight_mapper
+        self.iotlb = DeviceIotlb()
+        self.backend_fd: int | None = None
+        self.inflight: InflightRegion | None = None
+        self._unanswered: set[int] = set()  # IOVAs of misses no update has covered yet
+        self._acks_due: deque[int] = deque()  # misses sent with NEED_REPLY, in order
         self.owner = False
         self.features = 0
         self.protocol_features = ProtocolFeature(0)
@@ -123,7 +205,7 @@ class BackendProtocol(Outbox[Message, Event]):
         self.memory = GuestMemory()
         self.vrings = [Vring() for _ in range(device.num_queues)]
         self.broken: str | None = None
-        self._handlers: dict[int, Callable[[Message], bytes | None]] = {
+        self._handlers: dict[int, Callable[[Message], bytes | Message | None]] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
             Request.GET_PROTOCOL_FEATURES: self._get_protocol_features,
@@ -145,15 +227,26 @@ class BackendProtocol(Outbox[Message, Event]):
             Request.SET_CONFIG: self._set_config,
             Request.SET_STATUS: self._set_status,
             Request.GET_STATUS: self._get_status,
+            Request.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+            Request.IOTLB_MSG: self._iotlb_msg,
+            Request.GET_INFLIGHT_FD: self._get_inflight_fd,
+            Request.SET_INFLIGHT_FD: self._set_inflight_fd,
         }
 
     # ---- offered features ---------------------------------------------------------------
 
     def offered_features(self) -> int:
-        return self.device.features() | RING_FEATURES | F_PROTOCOL_FEATURES
+        return self.device.features() | RING_FEATURES | F_PROTOCOL_FEATURES | (VIRTIO_F_ACCESS_PLATFORM if self._iommu else 0)
 
     def offered_protocol_features(self) -> ProtocolFeature:
-        return CORE_PROTOCOL_FEATURES | self.device.protocol_features()
+        # CONFIG rides along with BACKEND_REQ for CONFIG_CHANGE_MSG only if the device asks for it.
+        extra = ProtocolFeature.BACKEND_REQ | (ProtocolFeature.INFLIGHT_SHMFD if self._inflight_mapper else ProtocolFeature(0))
+        return CORE_PROTOCOL_FEATURES | extra | self.device.protocol_features()
+
+    @property
+    def translating(self) -> bool:
+        """Ring and buffer addresses are IOVAs (ACCESS_PLATFORM negotiated)."""
+        return bool(self.features & VIRTIO_F_ACCESS_PLATFORM)
 
     # ---- input --------------------------------------------------------------------------
 
@@ -171,10 +264,47 @@ class BackendProtocol(Outbox[Message, Event]):
             self._answer_failure(message)
             return
         self._close_unclaimed(message, fds)
-        if answer is not None:
+        if isinstance(answer, Message):
+            self._output.append(answer)
+        elif answer is not None:
             self._output.append(message.reply(answer))
-        elif message.need_reply and self._acks and message.request not in ANSWERED:
+        elif message.need_reply and (self._acks or message.request in ALWAYS_ACKED) and message.request not in ANSWERED:
             self._output.append(message.reply(encode_u64(0)))
+
+    def backend_reply(self, message: Message) -> None:
+        """A reply on the back-end channel: the ack of our oldest miss."""
+        if not self._acks_due:
+            log.warning("vhost-user back-end channel: unexpected %s (flags 0x%x)", message.name, message.flags)
+            return
+        iova = self._acks_due.popleft()
+        if iova in self._unanswered:
+            self._unanswered.discard(iova)
+            self.iotlb.refused(iova)
+            log.warning("IOTLB miss at IOVA 0x%x was not translated by the front-end", iova)
+            self._events.append(TranslationsChanged())
+
+    def request_translation(self, iova: int, write: bool) -> None:
+        """A queue missed in the IOTLB: ask the front-end (once per IOVA until it answers)."""
+        if iova in self._unanswered:
+            return
+        if self.backend_fd is None:
+            self.mark_broken(f"IOTLB miss at IOVA 0x{iova:x} and the front-end gave no back-end channel")
+            return
+        self._unanswered.add(iova)
+        flags = VERSION
+        if self._acks:
+            flags |= FLAG_NEED_REPLY
+            self._acks_due.append(iova)
+        self.iotlb.misses += 1
+        miss = IotlbMessage(iova, 0, 0, IOTLB_RW if write else IOTLB_RO, IOTLB_MISS)
+        self._events.append(BackendSend(Message(BackendRequest.IOTLB_MSG, flags, miss.encode())))
+
+    def config_changed(self) -> bool:
+        """The device's config space changed: CONFIG_CHANGE_MSG, if the front-end can take it."""
+        if self.backend_fd is None or not self.protocol_features & ProtocolFeature.CONFIG:
+            return False
+        self._events.append(BackendSend(Message(BackendRequest.CONFIG_CHANGE_MSG, VERSION)))
+        return True
 
     def queue_drained(self, index: int) -> None:
         """The edge finished the queue's in-flight requests after DrainRequested: reply."""
@@ -198,6 +328,11 @@ class BackendProtocol(Outbox[Message, Event]):
         for index in range(len(self.vrings)):
             self._halt(index)
             self._forget_fds(self.vrings[index])
+        for fd in (self.backend_fd, self.inflight.fd if self.inflight else None):
+            if fd is not None:
+                _close(fd)
+        self.backend_fd = None
+        self.inflight = None
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -208,7 +343,7 @@ class BackendProtocol(Outbox[Message, Event]):
     def _answer_failure(self, message: Message) -> None:
         if message.request in ANSWERED:
             self._output.append(message.reply(b""))  # an empty answer: the front-end sees the failure
-        elif message.need_reply and self._acks:
+        elif message.need_reply and (self._acks or message.request in ALWAYS_ACKED):
             self._output.append(message.reply(encode_u64(1)))
 
     def _close_unclaimed(self, message: Message, fds: list[int]) -> None:
@@ -219,7 +354,9 @@ class BackendProtocol(Outbox[Message, Event]):
 
     @property
     def _claimed(self) -> set[int]:
-        return {fd for v in self.vrings for fd in (v.kick_fd, v.call_fd, v.err_fd) if fd is not None}
+        held = [self.backend_fd, self.inflight.fd if self.inflight else None]
+        held += [fd for v in self.vrings for fd in (v.kick_fd, v.call_fd, v.err_fd)]
+        return {fd for fd in held if fd is not None}
 
     def _vring(self, index: int) -> Vring:
         if not 0 <= index < len(self.vrings):
@@ -236,16 +373,42 @@ class BackendProtocol(Outbox[Message, Event]):
         self._halt(index)
         if not vring.kicked or vring.addr is None or not vring.size or self.broken is not None:
             return
+        buffers: AddressSpace = IotlbSpace(self.iotlb) if self.translating else self.memory.gpa
         try:
-            rings = RingViews.resolve(self.memory.uva, vring.size, vring.addr.desc, vring.addr.avail, vring.addr.used)
-            vring.queue = SplitQueue(rings, vring.size, self.memory.gpa, last_avail=vring.base,
-                                     event_idx=bool(self.features & VIRTIO_RING_F_EVENT_IDX))
+            vring.queue = SplitQueue(None, vring.size, buffers, last_avail=vring.base,
+                                     event_idx=bool(self.features & VIRTIO_RING_F_EVENT_IDX), inflight=self._inflight_ring(index, vring.size))
         except GuestError as exc:
             self.mark_broken(f"queue {index}: {exc}")
             return
-        if self._runnable(vring):
+        self._bind_rings(index)
+        if self.broken is None and self._runnable(vring):
             vring.running = True
             self._events.append(QueueStarted(index, vring.queue, vring.kick_fd, vring.call_fd))
+
+    def _bind_rings(self, index: int) -> None:
+        """Resolve the ring addresses (UVAs, or IOVAs through the IOTLB); a miss leaves the rings unbound."""
+        vring = self.vrings[index]
+        if vring.queue is None or vring.addr is None:
+            return
+        space: AddressSpace = IotlbSpace(self.iotlb, ring=True) if self.translating else self.memory.uva
+        try:
+            rings = RingViews.resolve(space, vring.size, vring.addr.desc, vring.addr.avail, vring.addr.used)
+            vring.queue.bind(rings)
+        except IotlbMiss as miss:
+            vring.queue.bind(None)
+            self.request_translation(miss.iova, miss.write)
+        except GuestError as exc:
+            self.mark_broken(f"queue {index}: {exc}")
+
+    def _inflight_ring(self, index: int, size: int) -> InflightRing | None:
+        region = self.inflight
+        if region is None or index >= region.num_queues:
+            return None
+        if region.queue_size != size:
+            log.warning("queue %d has %d entries, the inflight region tracks %d: not tracked", index, size, region.queue_size)
+            return None
+        part = queue_region_size(size)
+        return InflightRing(region.data[index * part : (index + 1) * part], size)
 
     def _halt(self, index: int) -> None:
         vring = self.vrings[index]
@@ -301,14 +464,20 @@ class BackendProtocol(Outbox[Message, Event]):
         self.features = self.features & F_PROTOCOL_FEATURES
         self.status = 0
         self.broken = None
+        self._forget_translations()
         self.device.reset()
+
+    def _forget_translations(self) -> None:
+        self.iotlb.clear()
+        self._unanswered.clear()
+        self._acks_due.clear()
 
     def _set_mem_table(self, message: Message) -> None:
         regions = decode_mem_table(message.payload)
         if len(message.fds) != len(regions):
             raise ProtocolError(f"memory table of {len(regions)} regions came with {len(message.fds)} fds")
         memory = GuestMemory(self._mapper(region, fd) for region, fd in zip(regions, message.fds))
-        self.memory = memory
+        self.memory = self.iotlb.memory = memory
         log.info("memory table: %s", ", ".join(f"GPA 0x{r.guest_phys_addr:x}+0x{r.size:x} at UVA 0x{r.user_addr:x}" for r in regions))
         self.device.memory_changed(memory)
         for index in range(len(self.vrings)):
@@ -420,10 +589,74 @@ class BackendProtocol(Outbox[Message, Event]):
             for index in range(len(self.vrings)):
                 self._halt(index)
             self.broken = None
+            self._forget_translations()
         self.status = status | (self.status & DeviceStatus.NEEDS_RESET if self.broken else 0)
 
     def _get_status(self, message: Message) -> bytes:
         return encode_u64(self.status)
+
+    def _set_backend_req_fd(self, message: Message) -> None:
+        if len(message.fds) != 1:
+            raise ProtocolError(f"SET_BACKEND_REQ_FD needs exactly one fd, got {len(message.fds)}")
+        if self.backend_fd is not None:
+            _close(self.backend_fd)
+        self.backend_fd = message.fds[0]
+        self._acks_due.clear()
+        self._unanswered.clear()
+        self._events.append(BackendChannel(self.backend_fd))
+
+    def _iotlb_msg(self, message: Message) -> None:
+        if not self.translating:
+            raise ProtocolError("IOTLB message without VIRTIO_F_ACCESS_PLATFORM")
+        iotlb = IotlbMessage.decode(message.payload)
+        if iotlb.type == IOTLB_UPDATE:
+            self.iotlb.update(iotlb)  # GuestError: refused, the miss stays unanswered
+            self._unanswered = {iova for iova in self._unanswered if not iotlb.iova <= iova < iotlb.iova + iotlb.size}
+            for index, vring in enumerate(self.vrings):
+                if vring.queue is not None and vring.queue.rings is None:
+                    self._bind_rings(index)
+        elif iotlb.type == IOTLB_INVALIDATE:
+            if self.iotlb.invalidate(iotlb.iova, iotlb.size):
+                for index, vring in enumerate(self.vrings):
+                    self._bind_rings(index)
+        else:
+            raise ProtocolError(f"IOTLB message type {iotlb.type} is not for a back-end")
+        self._events.append(TranslationsChanged())
+
+    def _get_inflight_fd(self, message: Message) -> Message:
+        if self._inflight_mapper is None:
+            raise ProtocolError("GET_INFLIGHT_FD without INFLIGHT_SHMFD")
+        info = InflightInfo.decode(message.payload)
+        self._check_inflight_shape(info)
+        size = region_size(info.num_queues, info.queue_size)
+        fd, data = self._inflight_mapper.create(size)
+        self._replace_inflight(InflightRegion(fd, data, info.num_queues, info.queue_size))
+        reply = message.reply(InflightInfo(size, 0, info.num_queues, info.queue_size).encode())
+        return Message(reply.request, reply.flags, reply.payload, (fd,))
+
+    def _set_inflight_fd(self, message: Message) -> None:
+        if self._inflight_mapper is None:
+            raise ProtocolError("SET_INFLIGHT_FD without INFLIGHT_SHMFD")
+        info = InflightInfo.decode(message.payload)
+        if len(message.fds) != 1:
+            raise ProtocolError(f"SET_INFLIGHT_FD needs exactly one fd, got {len(message.fds)}")
+        self._check_inflight_shape(info)
+        need = region_size(info.num_queues, info.queue_size)
+        if info.mmap_size < need:
+            raise ProtocolError(f"inflight region of {info.mmap_size} bytes, {info.num_queues} queues of {info.queue_size} need {need}")
+        data = self._inflight_mapper.map(message.fds[0], need, info.mmap_offset)
+        self._replace_inflight(InflightRegion(message.fds[0], data, info.num_queues, info.queue_size))
+
+    def _check_inflight_shape(self, info: InflightInfo) -> None:
+        if not 1 <= info.num_queues <= min(MAX_INFLIGHT_QUEUES, len(self.vrings)):
+            raise ProtocolError(f"inflight region for {info.num_queues} queues (device has {len(self.vrings)})")
+        if not 0 < info.queue_size <= MAX_QUEUE_SIZE:
+            raise ProtocolError(f"inflight region for queues of {info.queue_size} entries")
+
+    def _replace_inflight(self, region: InflightRegion) -> None:
+        if self.inflight is not None and self.inflight.fd != region.fd:
+            _close(self.inflight.fd)
+        self.inflight = region
 
 
 def _close(fd: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import GuestError
+from ..errors import BackendError, GuestError
 from .constants import (
     MAX_QUEUE_SIZE,
     VRING_AVAIL_F_NO_INTERRUPT,
@@ -25,12 +25,14 @@ from .constants import (
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 )
+from .inflight import InflightRing
 from .memory import AddressSpace
 
 DESC = struct.Struct("<QIHH")
 U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 MAX_CHAIN_BYTES = 1 << 32
+REWIND_LIMIT = 64  # chains a device may give back (rewind): those it took last
 
 
 class QueueBroken(GuestError):
@@ -77,53 +79,123 @@ class RingViews:
         if desc % 16 or avail % 2 or used % 4:
             raise QueueBroken(f"misaligned ring: desc 0x{desc:x} avail 0x{avail:x} used 0x{used:x}")
         desc_len, avail_len, used_len = ring_sizes(size)
-        return cls(space.view(desc, desc_len), space.view(avail, avail_len), space.view(used, used_len))
+        return cls(space.view(desc, desc_len), space.view(avail, avail_len), space.view(used, used_len, True))
+
+
+class RingsUnmapped(BackendError):
+    """The rings' IOVAs have no translation yet: the queue waits for the IOTLB (not the driver's fault)."""
 
 
 class SplitQueue:
-    """The device's half of one split virtqueue."""
+    """The device's half of one split virtqueue.
 
-    def __init__(self, rings: RingViews, size: int, buffers: AddressSpace, *, last_avail: int = 0, event_idx: bool = False) -> None:
+    With a device IOTLB the rings may be unknown for a while (`rings` None until
+    `bind`): taking requests raises RingsUnmapped, and completions wait in a
+    list until the used ring is known again. With an inflight region (inflight.py)
+    every head taken is marked there until the used ring carries it, and heads a
+    crashed back-end left marked are taken again first.
+    """
+
+    def __init__(self, rings: RingViews | None, size: int, buffers: AddressSpace, *, last_avail: int = 0, event_idx: bool = False,
+                 inflight: InflightRing | None = None) -> None:
         check_queue_size(size)
         self.size = size
-        self.rings = rings
+        self.rings: RingViews | None = None
         self.buffers = buffers
         self.event_idx = event_idx
         self.last_avail = last_avail & 0xFFFF
-        self.used_idx = U16.unpack_from(rings.used, 2)[0]
-        self._signalled_used = self.used_idx
+        self.used_idx = 0
+        self.inflight = inflight
+        self.resubmitted = 0  # heads taken again from the inflight region (statistics)
+        self._resubmit: list[int] = []
+        self._taken: list[tuple[int, bool]] = []  # (head, was a resubmission), for rewind
+        self._deferred: list[tuple[int, int]] = []  # completions while the used ring was unmapped
+        self._started = False
+        self._signalled_used = 0
         self._signalled_valid = False
+        if rings is not None:
+            self.bind(rings)
+
+    def bind(self, rings: RingViews | None) -> None:
+        """(Re)attach the rings; the first time, read where the used ring stands and recover inflight heads."""
+        self.rings = rings
+        if rings is None:
+            return
+        if not self._started:
+            self._started = True
+            self.used_idx = self._signalled_used = U16.unpack_from(rings.used, 2)[0]
+            if self.inflight is not None:
+                heads = self.inflight.recover(self.used_idx)
+                if heads is not None:
+                    self._resubmit = heads
+                    self.last_avail = (self.used_idx + len(heads)) & 0xFFFF
+        deferred, self._deferred = self._deferred, []
+        for head, written in deferred:
+            self.push(head, written)
+
+    def _bound(self) -> RingViews:
+        if self.rings is None:
+            raise RingsUnmapped("the rings have no IOTLB translation yet")
+        return self.rings
 
     # ---- taking requests --------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        return U16.unpack_from(self.rings.avail, 2)[0]
+        return U16.unpack_from(self._bound().avail, 2)[0]
 
     def pending(self) -> int:
         """Chains the driver made available that we have not taken."""
         count = (self.avail_idx() - self.last_avail) & 0xFFFF
         if count > self.size:
             raise QueueBroken(f"avail index is {count} ahead of ours with {self.size} entries")
-        return count
+        return count + len(self._resubmit)
 
     def pop(self) -> DescriptorChain | None:
-        if not self.pending():
-            return None
-        head = U16.unpack_from(self.rings.avail, 4 + 2 * (self.last_avail % self.size))[0]
+        """The next chain, or None. May raise IotlbMiss (nothing is taken then: retry after the update)."""
+        rings = self._bound()
+        if self._resubmit:
+            head, resubmitted = self._resubmit[0], True
+        else:
+            if not self.pending():
+                return None
+            head, resubmitted = U16.unpack_from(rings.avail, 4 + 2 * (self.last_avail % self.size))[0], False
         try:
             chain = self._walk(head)
         except QueueBroken:
             raise
         except GuestError as exc:  # an address outside guest memory
             raise QueueBroken(f"chain {head}: {exc}") from None
-        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        self.buffers.end_request()
+        if resubmitted:
+            self._resubmit.pop(0)
+            self.resubmitted += 1
+        else:
+            self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.inflight is not None:
+            self.inflight.taken(head)
+        self._taken.append((head, resubmitted))
+        del self._taken[:-REWIND_LIMIT]
         return chain
+
+    def rewind(self, count: int) -> None:
+        """Give back the last `count` chains taken and not completed: they are taken again later."""
+        if not 0 <= count <= len(self._taken):
+            raise ValueError(f"cannot rewind {count} chains, {len(self._taken)} were taken")
+        for _ in range(count):
+            head, resubmitted = self._taken.pop()
+            if resubmitted:
+                self._resubmit.insert(0, head)
+                self.resubmitted -= 1
+            else:
+                self.last_avail = (self.last_avail - 1) & 0xFFFF
+            if self.inflight is not None:
+                self.inflight.untaken(head)
 
     def _walk(self, head: int) -> DescriptorChain:
         if head >= self.size:
             raise QueueBroken(f"chain head {head} outside a queue of {self.size}")
         chain = DescriptorChain(head)
-        table, limit, index, seen, total = self.rings.desc, self.size, head, 0, 0
+        table, limit, index, seen, total = self._bound().desc, self.size, head, 0, 0
         indirect = False
         while True:
             seen += 1
@@ -137,13 +209,13 @@ class SplitQueue:
                     raise QueueBroken(f"indirect descriptor in chain {head} also has NEXT")
                 if not length or length % 16 or length // 16 > MAX_QUEUE_SIZE:
                     raise QueueBroken(f"indirect table of {length} bytes in chain {head}")
-                table, limit, index, seen, indirect = self.buffers.view(addr, length), length // 16, 0, 0, True
+                table, limit, index, seen, indirect = self.buffers.view(addr, length, False), length // 16, 0, 0, True
                 continue
             total += length
             if total > MAX_CHAIN_BYTES:
                 raise QueueBroken(f"chain {head} describes more than 4 GiB")
             if length:
-                views = self.buffers.views(addr, length)
+                views = self.buffers.views(addr, length, bool(flags & VRING_DESC_F_WRITE))
                 if flags & VRING_DESC_F_WRITE:
                     chain.writable += views
                 elif chain.writable:
@@ -160,25 +232,37 @@ class SplitQueue:
 
     def push(self, head: int, written: int) -> None:
         """Return a chain; `written` is how many bytes the device wrote into it."""
+        if self.rings is None:
+            self._deferred.append((head, written))
+            return
+        if self._taken:
+            self._taken = [taken for taken in self._taken if taken[0] != head]
+        if self.inflight is not None:
+            self.inflight.putting(head)
         slot = self.used_idx % self.size
         USED_ELEM.pack_into(self.rings.used, 4 + 8 * slot, head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         U16.pack_into(self.rings.used, 2, self.used_idx)  # after the element: the driver reads idx first
+        if self.inflight is not None:
+            self.inflight.put(head, self.used_idx)
 
     def needs_notification(self) -> bool:
         """Should we signal the call fd for what was pushed since the last signal? (2.7.7.2)"""
+        if self.rings is None:
+            return False  # completions are deferred until the used ring is mapped again
         new, old = self.used_idx, self._signalled_used
         valid = self._signalled_valid
         self._signalled_used, self._signalled_valid = new, True
         if new == old and valid:
             return False
+        rings = self.rings
         if not self.event_idx:
-            return not U16.unpack_from(self.rings.avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
-        used_event = U16.unpack_from(self.rings.avail, 4 + 2 * self.size)[0]
+            return not U16.unpack_from(rings.avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
+        used_event = U16.unpack_from(rings.avail, 4 + 2 * self.size)[0]
         return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
     def enable_kicks(self) -> bool:
         """Ask the driver to kick on its next chain; True if chains arrived meanwhile (take them)."""
         if self.event_idx:
-            U16.pack_into(self.rings.used, 4 + 8 * self.size, self.avail_idx())
+            U16.pack_into(self._bound().used, 4 + 8 * self.size, self.avail_idx())
         return self.pending() > 0

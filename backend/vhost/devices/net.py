@@ -15,9 +15,9 @@ take it. With MRG_RXBUF one frame fills as many receive chains as it needs
 and num_buffers says how many.
 
 Receive is the device's own initiative (a frame arrives from the switch), so
-it does not wait for a queue turn: it takes chains from the ring directly,
-and puts them back (rewinds) when a frame does not fit what the driver has
-made available. Frames that find no room wait in a short backlog, served
+it does not wait for a queue turn: it pops receive chains outside a turn, and
+gives them back (ServedQueue.rewind) when a frame does not fit what the driver
+has made available. Frames that find no room wait in a short backlog, served
 when the driver adds buffers (its kick), and beyond that are dropped and
 counted: a guest that never refills costs the switch nothing.
 """
@@ -39,7 +39,7 @@ from ...vswitch.switch import Switch
 from ...vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from ..constants import VIRTIO_F_VERSION_1, ProtocolFeature
 from ..device import ServedQueue, VirtioDevice
-from ..virtqueue import DescriptorChain, QueueBroken, SplitQueue
+from ..virtqueue import DescriptorChain
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,14 @@ class NetDevice(VirtioDevice):
     def set_link(self, up: bool) -> None:
         """Link status as the config space reports it; a down link drops frames both ways.
 
-        The driver learns of the change when it next reads the config space:
-        the core has no back-end channel yet to send CONFIG_CHANGE_MSG.
+        The driver is told by a config interrupt where the front-end takes
+        CONFIG_CHANGE_MSG (QEMU 7.2's virtio-net does not: it reads the config
+        space again only when it wants to).
         """
         self.link_up = up
         if not up:
             self._backlog.clear()
+        self.notify_config_change()
 
     def close(self) -> None:
         """Leave the switch."""
@@ -277,30 +279,24 @@ class NetDevice(VirtioDevice):
         served = self._pick_rx(data)
         if served is None:
             return False
-        ring = _ring_of(served)
-        start = ring.last_avail
         chains: list[DescriptorChain] = []
         room = 0
         mergeable = bool(self._negotiated & F_MRG_RXBUF)
-        try:
-            while room < len(data):
-                chain = ring.pop()
-                if chain is None:
-                    ring.last_avail = start  # give them back: the driver will add more and kick
-                    return False
-                if chain.readable or chain.writable_len < self._hdr_size:
-                    served.fail(f"virtio-net rx chain {chain.head}: {chain.readable_len} readable, "
-                                f"{chain.writable_len} writable bytes (needs {self._hdr_size}+ writable only)")
-                    return True
-                chains.append(chain)
-                room += chain.writable_len
-                if not mergeable:
-                    break
-        except QueueBroken as exc:
-            served.fail(str(exc))
-            return True
+        while room < len(data):
+            chain = served.pop()
+            if chain is None:
+                served.rewind(len(chains))  # give them back: the driver will add more and kick
+                return False
+            if chain.readable or chain.writable_len < self._hdr_size:
+                served.fail(f"virtio-net rx chain {chain.head}: {chain.readable_len} readable, "
+                            f"{chain.writable_len} writable bytes (needs {self._hdr_size}+ writable only)")
+                return True
+            chains.append(chain)
+            room += chain.writable_len
+            if not mergeable:
+                break
         if room < len(data):
-            ring.last_avail = start
+            served.rewind(len(chains))
             self.counters.rx_too_big += 1
             return True
         if self._hdr_size == HDR_V1:
@@ -327,18 +323,6 @@ def _flow_key(frame: bytes) -> bytes:
     if frame[12:14] == b"\x08\x00" and len(frame) >= 38 and frame[14] == 0x45:
         return frame[26:38]
     return frame[:12]
-
-
-def _ring_of(served: ServedQueue) -> SplitQueue:
-    """The ring behind a served queue, for taking receive chains outside the queue's turns.
-
-    ServedQueue has no device-initiated path yet (see docs/vhost-net.md); the
-    core's QueueRunner exposes its SplitQueue as `.queue`.
-    """
-    ring = getattr(served, "queue", None)
-    if not isinstance(ring, SplitQueue):
-        raise TypeError(f"served queue {served.index} does not expose its SplitQueue; virtio-net receive needs it")
-    return ring
 
 
 def _scatter(data: bytes, offset: int, views: list[memoryview]) -> int:
