@@ -19,14 +19,19 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from backend.vswitch.netns import add_netns_host, create_netns, remove_netns, unique_name  # noqa: E402
+from backend.vswitch.netns import (
+    add_netns_host,
+    create_netns,
+    remove_netns,
+    unique_name,
+)
 
 DISK = 1 << 30
 FIO_JOBS = [
-    ("4k randread qd32", dict(rw="randread", bs="4k", iodepth=32)),
-    ("4k randwrite qd32", dict(rw="randwrite", bs="4k", iodepth=32)),
-    ("1M seq read", dict(rw="read", bs="1M", iodepth=4)),
-    ("1M seq write", dict(rw="write", bs="1M", iodepth=4)),
+    ("4k randread qd32", {"rw": "randread", "bs": "4k", "iodepth": 32}),
+    ("4k randwrite qd32", {"rw": "randwrite", "bs": "4k", "iodepth": 32}),
+    ("1M seq read", {"rw": "read", "bs": "1M", "iodepth": 4}),
+    ("1M seq write", {"rw": "write", "bs": "1M", "iodepth": 4}),
 ]
 
 
@@ -65,7 +70,7 @@ def iperf(server_ns: str, client_ns: str, address: str, seconds: int) -> float:
 
         time.sleep(0.5)
         out = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J"],
-                             capture_output=True, text=True, timeout=seconds + 60)
+                             capture_output=True, text=True, timeout=seconds + 60, check=False)
         return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
         server.kill()

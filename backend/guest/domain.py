@@ -7,12 +7,14 @@ control domain's DS agent, and the `LdcDevice` carrying one channel each.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
 
 from ..ds.agent import DsAgent
-from ..ds.framework import DomainConfig as DsDomain, PortConfig as DsPort
+from ..ds.framework import DomainConfig as DsDomain
+from ..ds.framework import PortConfig as DsPort
 from ..errors import ConfigError
 from ..vdisk.devid import device_id_for
 from ..vdisk.engine import DiskEngine
@@ -21,6 +23,7 @@ from ..vhost.aio import VhostUserServer
 from ..vhost.devices import ldc_services
 from ..vhost.devices.ldc import ChannelSpec, LdcDevice
 from ..vswitch.switch import Switch
+from ..vswitch.tap import TapDevice, TapPort
 
 DS_PORT = 1
 
@@ -58,7 +61,7 @@ class ServedDomain:
         self.config = config
         self.engines: list[DiskEngine] = []
         self.switch: Switch | None = None
-        self.uplink = None
+        self.uplink: TapPort | None = None
         self.agent: DsAgent | None = None
         self.server: VhostUserServer | None = None
         self._stack = contextlib.ExitStack()
@@ -94,10 +97,6 @@ class ServedDomain:
             raise
 
     def _attach_uplink(self) -> None:
-        import asyncio
-
-        from ..vswitch.tap import TapDevice, TapPort
-
         assert self.switch is not None and self.config.uplink
         switch = self.switch
         device = TapDevice(self.config.uplink, mtu=self.config.mtu, bridge=self.config.bridge, create_bridge=bool(self.config.bridge))

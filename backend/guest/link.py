@@ -18,10 +18,15 @@ import os
 
 from ..errors import GuestError
 from ..ldc.channel import Channel
-from ..vhost.constants import VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, DeviceStatus
+from ..vhost.constants import (
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    DeviceStatus,
+)
 from ..vhost.devices import ldc_wire as wire
 from ..vhost.devices.ldc_endpoint import SEGMENT_ALIGN, ChannelMemory, QueueEndpoint
-from ..vhost.driver import Buffer, DriverQueue, GuestRam
+from ..vhost.driver import Buffer, DriverQueue
 from ..vhost.frontend import VirtioGuest
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 from ..errors import ProtocolError
 from ..outbox import Outbox
@@ -127,7 +126,7 @@ class Closed:
     reason: str
 
 
-Event = Union[Request, Ready, Closed]
+Event = Request | Ready | Closed
 
 
 class NbdServer(Outbox[bytes, Event]):

@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class Disk(Protocol):
-    size_bytes: int
-    block_size: int
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
 
     async def read(self, offset: int, length: int) -> bytes: ...
     async def write(self, offset: int, data: bytes) -> None: ...
@@ -71,8 +73,7 @@ class _Connection(asyncio.Protocol):
             self.protocol.reply(request.handle, 0, data)
         except OSError as exc:
             self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
-            log.info("NBD %s at %d+%d failed: %s", nbd.Command(request.command).name if request.command in iter(nbd.Command) else request.command,
-                     request.offset, request.length, exc)
+            log.info("NBD command %d at %d+%d failed: %s", request.command, request.offset, request.length, exc)
         self._flush()
 
 

@@ -40,7 +40,11 @@ class GuestInterface:
 
     def connect(self, client: VnetClient) -> None:
         """Frames from the namespace go out on the vnet; the vnet's frames come in (set client's on_frame to deliver)."""
-        self.port.attach(asyncio.get_running_loop(), client.send)
+
+        def send(frame: bytes) -> None:
+            client.send(frame)  # a full TX ring drops the frame, as a NIC's would
+
+        self.port.attach(asyncio.get_running_loop(), send)
 
     def deliver(self, frame: bytes) -> None:
         self.port.transmit(frame)

@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass, field
 
 from ..ds.agent import DsAgent, LdcPortChannel
-from ..ds.framework import DomainConfig as DsDomain, PortConfig as DsPort
+from ..ds.framework import DomainConfig as DsDomain
+from ..ds.framework import PortConfig as DsPort
 from ..vdisk.client import VdcClient
 from ..vhost.devices.ldc_wire import Service
 from ..vswitch.vnet import FRAME_LEN, VLAN_LEN
@@ -83,9 +84,9 @@ class GuestSim:
             export = NbdExport(client, path, max_block=client.device.max_xfer)
             await export.start()
             self.exports.append(export)
-        for client, interface in zip(self.vnets, self.interfaces):
-            await client.endpoint.open()
-            interface.connect(client)
+        for vnet, interface in zip(self.vnets, self.interfaces):
+            await vnet.endpoint.open()
+            interface.connect(vnet)
 
     async def _start_ds(self, endpoint) -> None:
         config = self.config

@@ -13,7 +13,13 @@ import sys
 
 import pytest
 
-from backend.vswitch.netns import add_netns_host, create_netns, remove_netns, run_in_netns, unique_name
+from backend.vswitch.netns import (
+    add_netns_host,
+    create_netns,
+    remove_netns,
+    run_in_netns,
+    unique_name,
+)
 
 from .helpers import ROOT, backend, guest
 
@@ -29,7 +35,7 @@ def qemu_io(url: str, *commands: str) -> subprocess.CompletedProcess[str]:
     argv = ["qemu-io", "-f", "raw"]
     for command in commands:
         argv += ["-c", command]
-    return subprocess.run([*argv, url], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*argv, url], capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture
@@ -53,12 +59,13 @@ def test_qemu_io_and_qemu_img_through_the_whole_vdisk_path(tmp_path, disk: str) 
         with open(disk, "rb") as f:
             assert f.read(1 << 20) == b"\xa5" * (1 << 20)
         convert = subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(source), nbd_url(nbd)],
-                                 capture_output=True, text=True, timeout=300)
+                                 capture_output=True, text=True, timeout=300, check=False)
         assert convert.returncode == 0, convert.stderr
         compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(source), nbd_url(nbd)],
-                                 capture_output=True, text=True, timeout=300)
+                                 capture_output=True, text=True, timeout=300, check=False)
         assert compare.returncode == 0 and "identical" in compare.stdout, compare.stdout + compare.stderr
-    assert open(disk, "rb").read() == source.read_bytes()
+    with open(disk, "rb") as f:
+        assert f.read() == source.read_bytes()
 
 
 def test_a_killed_guest_loses_nothing_acknowledged_and_the_backend_serves_the_next(tmp_path, disk: str) -> None:
@@ -102,7 +109,7 @@ def test_ping_and_tcp_between_the_guest_namespace_and_the_uplink_side(tmp_path, 
                                       stdout=subprocess.PIPE, cwd=ROOT)
             assert server.stdout is not None and server.stdout.readline().strip() == b"listening"
             client = subprocess.run(["ip", "netns", "exec", networks["guest_ns"], sys.executable, "-c", TCP_SOURCE, host.ip, "5001"],
-                                    input=payload, capture_output=True, timeout=60)
+                                    input=payload, capture_output=True, timeout=60, check=False)
             assert client.returncode == 0, client.stderr
             import hashlib
 
@@ -127,11 +134,11 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30); c.sen
 def test_domain_shutdown_from_the_control_side_powers_the_guest_off(tmp_path, disk: str) -> None:
     sock, primary, ldg1 = str(tmp_path / "ldc.sock"), str(tmp_path / "primary.sock"), str(tmp_path / "ldg1.sock")
     env = {**os.environ, "VIO_DS_SOCKET": primary, "PYTHONPATH": ROOT}
-    with backend("--socket", sock, "--disk", f"vdisk0={disk}", "--ds-socket", primary, "--guest", "ldg1"):
-        with guest("--socket", sock, "--ds-socket", ldg1, "--domain", "ldg1") as sim:
-            md = subprocess.run([sys.executable, "-m", "backend", "ds", "md-update", "ldg1"], env=env, capture_output=True, text=True, timeout=30)
-            assert md.returncode == 0 and "result 0" in md.stdout, md.stdout + md.stderr
-            done = subprocess.run([sys.executable, "-m", "backend", "ds", "shutdown", "ldg1"], env=env, capture_output=True, text=True, timeout=30)
-            assert done.returncode == 0 and "shutdown accepted" in done.stdout, done.stdout + done.stderr
-            assert sim.popen.wait(15) == 0
-            assert "stopping" in sim.popen.stdout.read()
+    with backend("--socket", sock, "--disk", f"vdisk0={disk}", "--ds-socket", primary, "--guest", "ldg1"), \
+         guest("--socket", sock, "--ds-socket", ldg1, "--domain", "ldg1") as sim:
+        md = subprocess.run([sys.executable, "-m", "backend", "ds", "md-update", "ldg1"], env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert md.returncode == 0 and "result 0" in md.stdout, md.stdout + md.stderr
+        done = subprocess.run([sys.executable, "-m", "backend", "ds", "shutdown", "ldg1"], env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0 and "shutdown accepted" in done.stdout, done.stdout + done.stderr
+        assert sim.popen.wait(15) == 0
+        assert "stopping" in sim.popen.stdout.read()

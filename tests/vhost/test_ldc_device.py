@@ -20,7 +20,8 @@ from backend.vdisk.devid import device_id_for
 from backend.vdisk.engine import DiskEngine
 from backend.vdisk.protocol import SLICE_ABSOLUTE, DiskRequest, Op
 from backend.vdisk.server import Export
-from backend.vhost.devices import ldc_services, ldc_wire as wire
+from backend.vhost.devices import ldc_services
+from backend.vhost.devices import ldc_wire as wire
 from backend.vhost.devices.ldc import LdcDevice
 
 from .helpers import serving

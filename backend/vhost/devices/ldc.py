@@ -105,7 +105,7 @@ class _Channel:
 
     def ensure_endpoint(self) -> QueueEndpoint:
         if self.endpoint is None:
-            resolve = lambda gpa, size: self._memory().gpa.view(gpa, size)  # noqa: E731
+            resolve = lambda gpa, size: self._memory().gpa.view(gpa, size)
             self.endpoint = _DeviceEndpoint(Channel(self.spec.info.mode), ChannelMemory(resolve), self)
             self._detach = self.spec.attach(self.endpoint)
             log.info("LDC channel %d (%s) attached", self.spec.info.channel_id, self.spec.name or self.spec.info.service.name)

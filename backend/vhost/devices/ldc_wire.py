@@ -22,7 +22,6 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 from ...errors import ProtocolError
 from ...ldc.constants import PACKET_SIZE, Mode
@@ -94,7 +93,7 @@ class Pool:
     size: int
 
 
-Record = Union[Packets, Reset, MapTable, SegmentAt, Pool]
+Record = Packets | Reset | MapTable | SegmentAt | Pool
 
 _FIXED_BODY = {Kind.RESET: 0, Kind.MAP_TABLE: MAP_TABLE_BODY.size, Kind.SEGMENT: SEGMENT_BODY.size, Kind.POOL: POOL_BODY.size}
 
