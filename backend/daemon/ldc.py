@@ -139,7 +139,8 @@ class LdcService:
             endpoint = channel.endpoint
             ldc = getattr(endpoint, "channel", None)
             channels.append({
-                "name": channel_name, "service": channel.spec.info.service.name.lower(), "channel_id": channel.spec.info.channel_id,
+                "service": f"{self.spec.name}/{channel_name}", "carries": channel.spec.info.service.name.lower(),
+                "channel_id": channel.spec.info.channel_id,
                 "ldc_state": "down" if ldc is None else ldc.state.value,
                 "ldc_version": format_version(getattr(ldc, "version", None)),
                 "vio_phase": "-", "vio_version": None,
