@@ -17,6 +17,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     blk.add_argument("--queue-size", type=int, default=256, help="largest ring the driver may use")
     blk.add_argument("--io-threads", type=int, default=4, help="threads doing disk I/O")
     blk.add_argument("--size", type=int, help="create the file with this many bytes if it does not exist")
+    blk.add_argument("--no-iommu", dest="iommu", action="store_false",
+                     help="do not offer VIRTIO_F_ACCESS_PLATFORM (the device IOTLB, for guests behind an IOMMU)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -45,7 +47,7 @@ async def _serve_blk(args: argparse.Namespace) -> None:
     engine = DiskEngine(args.disk, read_only=args.ro, create_size=args.size)
     try:
         device = BlockDevice(engine, device_id_for(args.disk), num_queues=args.queues, queue_size=args.queue_size)
-        server = VhostUserServer(args.socket, device, io_threads=args.io_threads)
+        server = VhostUserServer(args.socket, device, io_threads=args.io_threads, iommu=args.iommu)
         await server.start()
         print(f"vhost-blk: serving {args.disk} ({engine.size_bytes} bytes, {args.queues} queue(s)"
               f"{', read-only' if args.ro else ''}) on {args.socket}", flush=True)

@@ -221,6 +221,10 @@ class DriverQueue:
             U16.pack_into(self.avail, 4 + 2 * self.size, self.last_used)  # used_event: call me on the next one
         return out
 
+    def used_index(self) -> int:
+        """The used ring's index as the device last wrote it."""
+        return U16.unpack_from(self.used, 2)[0]
+
     def pending_used(self) -> bool:
         return U16.unpack_from(self.used, 2)[0] != self.last_used
 

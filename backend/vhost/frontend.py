@@ -32,6 +32,7 @@ from .constants import (
     F_PROTOCOL_FEATURES,
     FLAG_NEED_REPLY,
     FLAG_REPLY,
+    MAX_FDS,
     IOTLB_INVALIDATE,
     IOTLB_MISS,
     IOTLB_RO,
@@ -46,6 +47,7 @@ from .driver import Buffer, DriverQueue, GuestRam
 from .iommu import Iommu
 from .messages import (
     ConfigSpace,
+    InflightInfo,
     IotlbMessage,
     Message,
     MessageDecoder,
@@ -80,10 +82,14 @@ class Frontend:
 
     def receive(self) -> Message:
         while not self._pending:
-            data = self.sock.recv(65536)
+            fds = array.array("i")
+            data, ancillary, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
             if not data:
                 raise ConnectionError("the back-end closed the connection")
-            self._pending += self._decoder.feed(data)
+            self._pending += self._decoder.feed(data, list(fds))
         return self._pending.pop(0)
 
     def call(self, request: int, payload: bytes = b"") -> bytes:
@@ -170,16 +176,51 @@ class VirtioGuest:
     def start_queue(self, index: int, size: int = 128) -> DriverQueue:
         """NUM, BASE, ADDR, KICK, CALL, then ENABLE: the ring runs after this."""
         queue = DriverQueue(self.ram, index, size, event_idx=bool(self.features & VIRTIO_RING_F_EVENT_IDX), iommu=self.iommu)
+        self.queues[index] = queue
+        self.resume_queue(index, 0)
+        return queue
+
+    def resume_queue(self, index: int, base: int) -> None:
+        """Hand an existing ring (again) to the back-end, starting at avail index `base`."""
+        queue = self.queues[index]
+        for fds in (self.kick_fds, self.call_fds):
+            if index in fds:
+                os.close(fds.pop(index))
         kick, call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC), os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.frontend.command(Request.SET_VRING_NUM, VringState(index, size).encode())
-        self.frontend.command(Request.SET_VRING_BASE, VringState(index, 0).encode())
+        self.kick_fds[index], self.call_fds[index] = kick, call
+        self.frontend.command(Request.SET_VRING_NUM, VringState(index, queue.size).encode())
+        self.frontend.command(Request.SET_VRING_BASE, VringState(index, base).encode())
         self.frontend.command(Request.SET_VRING_ADDR, queue.addresses().encode())
         self.frontend.command(Request.SET_VRING_KICK, encode_u64(index), [kick])
         self.frontend.command(Request.SET_VRING_CALL, encode_u64(index), [call])
         if self.features & F_PROTOCOL_FEATURES:
             self.frontend.command(Request.SET_VRING_ENABLE, VringState(index, 1).encode())
-        self.queues[index], self.kick_fds[index], self.call_fds[index] = queue, kick, call
-        return queue
+
+    def get_inflight(self, num_queues: int, queue_size: int) -> tuple[int, InflightInfo]:
+        """GET_INFLIGHT_FD: the back-end's inflight region (fd, description), which we keep."""
+        self.frontend.send(Request.GET_INFLIGHT_FD, InflightInfo(0, 0, num_queues, queue_size).encode())
+        reply = self.frontend.receive()
+        if reply.request != Request.GET_INFLIGHT_FD or len(reply.fds) != 1 or not reply.payload:
+            raise ProtocolError(f"GET_INFLIGHT_FD answered with {reply.name}, {len(reply.fds)} fds")
+        return reply.fds[0], InflightInfo.decode(reply.payload)
+
+    def set_inflight(self, fd: int, info: InflightInfo) -> None:
+        self.frontend.command(Request.SET_INFLIGHT_FD, info.encode(), [fd])
+
+    def reconnect(self, path: str, wanted: int, *, inflight: tuple[int, InflightInfo] | None = None, timeout: float = 10.0) -> None:
+        """What QEMU does after its back-end died and a new one listens: negotiate again, hand over
+        memory, the inflight region and every ring, each resuming at the used index (the dead
+        back-end cannot say where it stopped)."""
+        self.frontend.close()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+        self.frontend = Frontend.connect(path, timeout)
+        self.negotiate(wanted)
+        if inflight is not None:
+            self.set_inflight(*inflight)
+        for index, queue in self.queues.items():
+            self.resume_queue(index, queue.used_index())
 
     def stop_queue(self, index: int) -> int:
         """GET_VRING_BASE: the back-end stops the ring and says where it stopped."""
