@@ -19,7 +19,13 @@ from backend.vdisk.devid import DeviceId
 from backend.vdisk.engine import DiskEngine
 from backend.vhost.devices import blk
 from backend.vhost.frontend import VirtioGuest
-from backend.vhost.inflight import DESC_STATE, HEADER, InflightRing, queue_region_size, region_size
+from backend.vhost.inflight import (
+    DESC_STATE,
+    HEADER,
+    InflightRing,
+    queue_region_size,
+    region_size,
+)
 
 from .helpers import blk_request, serving
 

@@ -143,7 +143,7 @@ class BlockDevice(VirtioDevice):
             _scatter(self.serial[:count], data_out)
             finish(S_OK, count + 1)
         elif kind in (T_DISCARD, T_WRITE_ZEROES) and not self.read_only:
-            self._ranges(queue, finish, kind, bytes().join(data_in))
+            self._ranges(queue, finish, kind, b"".join(data_in))
         else:
             finish(S_UNSUPP, 1)
 

@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ...errors import BackendError, GuestError, LinkDownError, ProtocolError
-from ...ldc.channel import RESET, Channel, LinkReset, LinkUp, MessageReceived, ProtocolViolation
+from ...ldc.channel import (
+    RESET,
+    Channel,
+    LinkReset,
+    LinkUp,
+    MessageReceived,
+    ProtocolViolation,
+)
 from ...ldc.memory import MAX_SEGMENT_ID, MTE, Export, MapTable, PeerMemory, Segment
 from . import ldc_wire as wire
 
