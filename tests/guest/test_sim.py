@@ -136,9 +136,9 @@ def test_domain_shutdown_from_the_control_side_powers_the_guest_off(tmp_path, di
     env = {**os.environ, "VIO_DS_SOCKET": primary, "PYTHONPATH": ROOT}
     with backend("--socket", sock, "--disk", f"vdisk0={disk}", "--ds-socket", primary, "--guest", "ldg1"), \
          guest("--socket", sock, "--ds-socket", ldg1, "--domain", "ldg1") as sim:
-        md = subprocess.run([sys.executable, "-m", "backend", "ds", "md-update", "ldg1"], env=env, capture_output=True, text=True, timeout=30, check=False)
+        md = subprocess.run([sys.executable, "-m", "backend", "ds", "md-update", "ldg1", "--timeout", "30"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert md.returncode == 0 and "result 0" in md.stdout, md.stdout + md.stderr
-        done = subprocess.run([sys.executable, "-m", "backend", "ds", "shutdown", "ldg1"], env=env, capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run([sys.executable, "-m", "backend", "ds", "shutdown", "ldg1", "--timeout", "30"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0 and "shutdown accepted" in done.stdout, done.stdout + done.stderr
-        assert sim.popen.wait(15) == 0
+        assert sim.popen.wait(30) == 0
         assert "stopping" in sim.popen.stdout.read()
