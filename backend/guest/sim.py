@@ -101,7 +101,9 @@ class GuestSim:
     def start_guest_services(self) -> None:
         """`vio ds guest-services` against our agent: a shutdown request SIGTERMs us after answering."""
         assert self.config.ds_socket is not None
-        command = [sys.executable, "-m", "backend", "ds", "guest-services", "--on-shutdown", f"kill -TERM {os.getpid()}"]
+        # setpriv --pdeathsig: the child goes when we do, even if we are SIGKILLed.
+        command = ["setpriv", "--pdeathsig", "TERM", "--", sys.executable, "-m", "backend", "ds", "guest-services",
+                   "--on-shutdown", f"kill -TERM {os.getpid()}"]
         env = {**os.environ, "VIO_DS_SOCKET": self.config.ds_socket, "PYTHONPATH": ROOT}
         self._services = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         log.info("guest services: %s", shlex.join(command))
