@@ -7,6 +7,7 @@ for a socket file; if QEMU dies first, its stderr is the error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
-from .devices import Device
+from .devices import Device, VhostUserBlk, VhostUserNet
 from .console import Console
 from .errors import GuestTimeoutError, QemuError, QemuNotFoundError
 from .machine import GuestSpec
@@ -51,6 +52,7 @@ class Guest:
         return self._stderr.decode(errors="replace")
 
     async def start(self) -> None:
+        self.spec = _with_vhost_user_qemu(self.spec)
         binary = self.spec.arch.binary
         if shutil.which(binary) is None:
             raise QemuNotFoundError(f"{binary} not found: install the Debian package "
@@ -210,3 +212,14 @@ class Guest:
         except EOFError:  # QEMU closed QMP first (it exited); qemu.qmp re-raises that here
             pass
         self._dir.cleanup()
+
+
+def _with_vhost_user_qemu(spec: GuestSpec) -> GuestSpec:
+    """sun4u guests that have (or may get) vhost-user devices need the QEMU built by
+    scripts/build-qemu-sparc64: stock 7.2 never shares sun4u RAM (docs/sparc64-vhost-user.md)."""
+    from .managed import patched_sparc64_qemu
+
+    vhost_user = any(isinstance(device, (VhostUserBlk, VhostUserNet)) for device in spec.devices) or spec.hotplug
+    if spec.arch.name != "sparc64" or not vhost_user or spec.arch.binary != "qemu-system-sparc64":
+        return spec
+    return dataclasses.replace(spec, arch=dataclasses.replace(spec.arch, binary=patched_sparc64_qemu()))

@@ -70,6 +70,7 @@ class QueueRunner:
         self._notify_scheduled = False
         self.stopped = False
         self.in_flight = 0
+        self.bytes_taken = 0  # buffer bytes of the requests taken (statistics)
         self._drained: asyncio.Event | None = None
         if kick_fd is not None:
             os.set_blocking(kick_fd, False)
@@ -98,6 +99,7 @@ class QueueRunner:
             return None
         if chain is not None:
             self._budget -= 1
+            self.bytes_taken += chain.readable_len + chain.writable_len
         return chain
 
     def rewind(self, count: int) -> None:
@@ -216,6 +218,7 @@ class Connection:
         self._runners: dict[int, QueueRunner] = {}
         self._stopping: dict[int, QueueRunner] = {}
         self._backend: BackendChannelSocket | None = None
+        self.bytes_taken = 0  # of runners already stopped
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
         device.set_config_notifier(self._config_changed)
@@ -296,6 +299,7 @@ class Connection:
         runner = self._runners.pop(index, None)
         if runner is not None:
             runner.stop()
+            self.bytes_taken += runner.bytes_taken
             self._stopping[index] = runner  # GET_VRING_BASE drains it; otherwise dropped
 
     async def _send(self, reply: Message) -> None:
@@ -349,6 +353,7 @@ class Connection:
         self.device.set_config_notifier(None)
         for index in list(self._runners):
             self._stop_runner(index)
+        log.info("front-end gone: %d request bytes, %d IOTLB misses", self.bytes_taken, self.protocol.iotlb.misses)
         if self._backend is not None:
             self._backend.close()
         self.protocol.close()
