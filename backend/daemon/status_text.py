@@ -72,7 +72,7 @@ def _ports(group: str, entries: list[dict[str, Any]]) -> list[str]:
     for p in entries:
         channel = p["channels"][0] if p["channels"] else None
         rows.append([p["name"], p.get("switch", "-"), p["domain"] or "-", p["socket"],
-                     "yes" if channel else "no", (channel or {}).get("vio_version") or "-",
+                     "yes" if channel or p.get("connected") else "no", (channel or {}).get("vio_version") or "-",
                      (channel or {}).get("peer_mac") or "-", str(p.get("connections", 0))])
     return section("PORTS", ["NAME", "SWITCH", "DOMAIN", "SOCKET", "CONNECTED", "VNET", "PEER MAC", "CONNECTIONS"], rows)
 

@@ -39,6 +39,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--command", dest="script", help="shell script the guest's /init runs before powering off")
     start.add_argument("--wait", metavar="REGEX", help="wait for a console line matching REGEX, echoing the console")
     start.add_argument("--timeout", type=float, default=180.0, help="seconds --wait waits")
+    start.add_argument("--without", action="append", default=[], metavar="NAME",
+                       help="leave the domain's device NAME out of this guest (repeatable)")
     start.add_argument("--qemu", help="the QEMU binary (default: the architecture's; sparc64: scripts/build-qemu-sparc64's)")
 
     config = commands.add_parser("config", help="print the domain's QEMU -readconfig file (what start would run)")
@@ -86,7 +88,11 @@ def _spec(args: argparse.Namespace, domain: dict[str, Any], ip: str | None = Non
     from .images import guest_image
     from .managed import build_spec, guest_devices
 
-    devices, notes = guest_devices(domain)
+    left_out = set(getattr(args, "without", []))
+    unknown = left_out - {d["name"] for d in domain["devices"]}
+    if unknown:
+        raise BackendError(f"--without {', '.join(sorted(unknown))}: the domain has no such device")
+    devices, notes = guest_devices({**domain, "devices": [d for d in domain["devices"] if d["name"] not in left_out]})
     spec = build_spec(args.arch, guest_image(args.arch), devices, memory_mb=args.memory, ip=ip, command=command,
                       binary=binary)
     return spec, notes

@@ -38,6 +38,12 @@ from .options import command_line
 PATCHED_SPARC64 = REPO / ".cache" / "qemu-sparc64"
 ENV_SPARC64 = "VIO_QEMU_SPARC64"
 UNPLUG_TIMEOUT = 30.0
+#: QEMU's words for a binary configured without the vhost_net meson option (`-netdev help` still lists
+#: vhost-user there: it checks CONFIG_VHOST_USER, the netdev needs CONFIG_VHOST_NET_USER).
+NO_VHOST_NET = "network backend 'vhost-user' is not compiled into this binary"
+NO_VHOST_NET_HINT = ("\nThis QEMU was configured without vhost-user networking (meson option vhost_net, which "
+                     "--without-default-features turns off): rebuild it with --enable-vhost-net, or start the guest "
+                     "without its NICs (vio guest start --without NAME).")
 
 
 def patched_sparc64_qemu() -> str:
@@ -138,7 +144,8 @@ def launch(files: GuestFiles, spec: GuestSpec) -> int:
     pid = files.pid()
     if done.returncode != 0 or pid is None:
         files.clean()
-        raise QemuError(f"QEMU did not start (exit {done.returncode}): {done.stderr.strip()}\ncommand: {' '.join(argv)}")
+        hint = NO_VHOST_NET_HINT if NO_VHOST_NET in done.stderr else ""
+        raise QemuError(f"QEMU did not start (exit {done.returncode}): {done.stderr.strip()}{hint}\ncommand: {' '.join(argv)}")
     files.write_meta({"arch": spec.arch.name, "binary": spec.arch.binary, "pid": pid, "plugged": {},
                       "devices": [d.id for d in spec.devices], "argv": argv})
     return pid
