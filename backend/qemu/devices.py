@@ -36,8 +36,8 @@ def _pci_device(driver: str, id: str, bus: str | None, props: dict, extra: dict)
     return OptionGroup.of("device", id, {"driver": driver, "bus": bus} | props | extra)
 
 
-def _unix_chardev(id: str, path: str) -> OptionGroup:
-    return OptionGroup.of("chardev", id, {"backend": "socket", "path": path})
+def _unix_chardev(id: str, path: str, reconnect: int | None = None) -> OptionGroup:
+    return OptionGroup.of("chardev", id, {"backend": "socket", "path": path, "reconnect": reconnect})
 
 
 def _chardev_add(id: str, path: str) -> QmpCommand:
@@ -79,13 +79,16 @@ class VhostUserBlk:
     id: str
     socket: str
     num_queues: int = 1
+    #: seconds between QEMU's attempts to reconnect to a back-end that went away (None: never);
+    #: with inflight tracking the device resumes where the dead back-end left it
+    reconnect: int | None = None
 
     @property
     def chardev(self) -> str:
         return f"{self.id}-sock"
 
     def backends(self) -> list[OptionGroup]:
-        return [_unix_chardev(self.chardev, self.socket)]
+        return [_unix_chardev(self.chardev, self.socket, self.reconnect)]
 
     def device(self, bus: str | None, extra: dict) -> OptionGroup:
         return _pci_device("vhost-user-blk-pci", self.id, bus,

@@ -394,6 +394,8 @@ class BackendProtocol(Outbox[Message, Event]):
         try:
             rings = RingViews.resolve(space, vring.size, vring.addr.desc, vring.addr.avail, vring.addr.used)
             vring.queue.bind(rings)
+            if vring.queue.to_resubmit:
+                log.info("queue %d: resubmitting %d requests a previous back-end left unfinished", index, vring.queue.to_resubmit)
         except IotlbMiss as miss:
             vring.queue.bind(None)
             self.request_translation(miss.iova, miss.write)

@@ -133,6 +133,11 @@ class SplitQueue:
         for head, written in deferred:
             self.push(head, written)
 
+    @property
+    def to_resubmit(self) -> int:
+        """Heads a previous back-end left marked in the inflight region, not yet taken again."""
+        return len(self._resubmit)
+
     def _bound(self) -> RingViews:
         if self.rings is None:
             raise RingsUnmapped("the rings have no IOTLB translation yet")
