@@ -204,9 +204,44 @@ class MeteredDiskEngine(DiskEngine):
             return dict(self.counts)
 
 
-class DiskService:
-    def __init__(self, spec: DiskSpec, engine: MeteredDiskEngine, server: Any) -> None:
+class ServedDisk:
+    """What every running disk export shares: counters as samples, flush-then-close on stop."""
+
+    clients_help = "clients connected"
+
+    def __init__(self, spec: Any, engine: MeteredDiskEngine, server: Any) -> None:
         self.spec, self.engine, self.server = spec, engine, server
+
+    def client_count(self) -> int:
+        raise NotImplementedError
+
+    def exported_bytes(self) -> int:
+        raise NotImplementedError
+
+    def samples(self) -> Iterable[Sample]:
+        labels = {"disk": self.spec.name, "domain": self.spec.domain or ""}
+        for key, value in self.engine.snapshot().items():
+            yield Sample(f"disk_{key}", f"disk {key.replace('_', ' ')} since the export started", value, labels)
+        yield Sample("disk_clients", self.clients_help, self.client_count(), labels, counter=False)
+        yield Sample("disk_size_bytes", "bytes exported", self.exported_bytes(), labels, counter=False)
+
+    def links(self) -> set[str]:
+        return set()
+
+    async def stop(self) -> None:
+        self.server.close()
+        self.engine.close()  # flushes first
+        remove_socket(self.spec.socket)
+
+
+class DiskService(ServedDisk):
+    clients_help = "vDisk clients connected"
+
+    def client_count(self) -> int:
+        return len(self.server.clients)
+
+    def exported_bytes(self) -> int:
+        return self.server.export.length
 
     def status(self) -> dict[str, Any]:
         from .channels import describe_channel
@@ -218,21 +253,6 @@ class DiskService:
             "export": spec.export, "counters": self.engine.snapshot(),
             "channels": [describe_channel(endpoint) for endpoint in self.server.clients],
         }
-
-    def samples(self) -> Iterable[Sample]:
-        labels = {"disk": self.spec.name, "domain": self.spec.domain or ""}
-        for key, value in self.engine.snapshot().items():
-            yield Sample(f"disk_{key}", f"disk {key.replace('_', ' ')} since the export started", value, labels)
-        yield Sample("disk_clients", "vDisk clients connected", len(self.server.clients), labels, counter=False)
-        yield Sample("disk_size_bytes", "bytes exported", self.server.export.length, labels, counter=False)
-
-    def links(self) -> set[str]:
-        return set()
-
-    async def stop(self) -> None:
-        self.server.close()
-        self.engine.close()  # flushes first
-        remove_socket(self.spec.socket)
 
 
 KIND = DiskKind()

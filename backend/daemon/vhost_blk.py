@@ -7,7 +7,6 @@ backend/vhost/devices/blk.py on a VhostUserServer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,8 @@ from ..config.fields import (
 )
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
-from .disks import MeteredDiskEngine, check_store
-from .registry import Context, Sample
+from .disks import MeteredDiskEngine, ServedDisk, check_store
+from .registry import Context
 from .sockets import remove_socket
 from .vhost_common import check_domain, describe_connection
 
@@ -101,9 +100,14 @@ class VhostBlkKind:
         return VhostBlkService(spec, engine, server)
 
 
-class VhostBlkService:
-    def __init__(self, spec: VhostBlkSpec, engine: MeteredDiskEngine, server: Any) -> None:
-        self.spec, self.engine, self.server = spec, engine, server
+class VhostBlkService(ServedDisk):
+    clients_help = "front-ends connected"
+
+    def client_count(self) -> int:
+        return int(describe_connection(self.server)["connected"])
+
+    def exported_bytes(self) -> int:
+        return self.engine.size_bytes
 
     def status(self) -> dict[str, Any]:
         spec = self.spec
@@ -114,22 +118,6 @@ class VhostBlkService:
             "queues": spec.queues, "counters": self.engine.snapshot(), "channels": [],
             **describe_connection(self.server),
         }
-
-    def samples(self) -> Iterable[Sample]:
-        labels = {"disk": self.spec.name, "domain": self.spec.domain or ""}
-        for key, value in self.engine.snapshot().items():
-            yield Sample(f"disk_{key}", f"disk {key.replace('_', ' ')} since the export started", value, labels)
-        yield Sample("disk_clients", "front-ends connected", int(describe_connection(self.server)["connected"]),
-                     labels, counter=False)
-        yield Sample("disk_size_bytes", "bytes exported", self.engine.size_bytes, labels, counter=False)
-
-    def links(self) -> set[str]:
-        return set()
-
-    async def stop(self) -> None:
-        self.server.close()
-        self.engine.close()  # flushes first
-        remove_socket(self.spec.socket)
 
 
 KIND = VhostBlkKind()
