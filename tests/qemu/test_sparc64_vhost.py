@@ -16,7 +16,15 @@ import pytest
 from backend.qemu import BackendProcess, Guest, VhostUserBlk, VhostUserNet
 from backend.vswitch.netns import add_netns_host, unique_name
 
-from .helpers import BOOT_TIMEOUT, check_roundtrip, make_disk, roundtrip_script, run, run_command_guest, spec_for
+from .helpers import (
+    BOOT_TIMEOUT,
+    check_roundtrip,
+    make_disk,
+    roundtrip_script,
+    run,
+    run_command_guest,
+    spec_for,
+)
 
 pytestmark = pytest.mark.slow
 
