@@ -118,7 +118,7 @@ def test_fuzz_iotlb_decoder_takes_exactly_32_bytes(data: bytes) -> None:
     except ProtocolError:
         assert len(data) != 32
         return
-    assert len(data) == 32 and message.encode() == data
+    assert len(data) == 32 and message.encode()[:26] == data[:26]  # the 6 padding bytes are ignored
 
 
 @settings(max_examples=300, deadline=None)
