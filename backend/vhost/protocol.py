@@ -668,4 +668,5 @@ def _close(fd: int) -> None:
         pass
 
 
-__all__ = ["BackendProtocol", "CallChanged", "DeviceBroken", "DrainRequested", "QueueBroken", "QueueStarted", "QueueStopped"]
+__all__ = ["BackendChannel", "BackendProtocol", "BackendSend", "CallChanged", "DeviceBroken", "DrainRequested", "QueueBroken",
+           "QueueStarted", "QueueStopped", "TranslationsChanged"]
