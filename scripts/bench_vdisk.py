@@ -77,18 +77,44 @@ def ms(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1e3
 
 
-async def measure(socket_path: str, scale: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc, in seconds)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(socket_path: str, scale: int, server_pid: int) -> dict[str, float]:
+    """The four cases, each with the CPU time per request of both processes
+    (less sensitive than IOPS to other work on a shared machine)."""
     client = await VdcClient.connect(socket_path)
     results: dict[str, float] = {}
     for offset in range(0, DISK, MiB):  # warm the page cache on the server side
         await client.read(offset, MiB)
+
+    def cpu() -> tuple[float, float]:
+        return time.process_time(), cpu_seconds(server_pid)
+
+    def per_request(key: str, before: tuple[float, float], count: int) -> None:
+        after = cpu()
+        results[f"{key}_cpu_client"] = (after[0] - before[0]) / count * 1e6
+        results[f"{key}_cpu_server"] = (after[1] - before[1]) / count * 1e6
+
+    before = cpu()
     elapsed, lat = await random_reads(client, 1, 20_000 // scale)
+    per_request("qd1", before, len(lat))
     results["qd1_iops"], results["qd1_p50"], results["qd1_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
+    before = cpu()
     elapsed, lat = await random_reads(client, 32, 64_000 // scale)
+    per_request("qd32", before, len(lat))
     results["qd32_iops"], results["qd32_p50"], results["qd32_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
     total = 1024 * MiB // scale
+    before = cpu()
     results["seq_read"] = total / MiB / await sequential(client, False, total)
+    per_request("seq_read", before, total // MiB)
+    before = cpu()
     results["seq_write"] = total / MiB / await sequential(client, True, total)
+    per_request("seq_write", before, total // MiB)
     client.close()
     return results
 
@@ -109,7 +135,7 @@ def main() -> None:
         )
         assert server.stdout is not None and "serving" in server.stdout.readline()
         try:
-            r = asyncio.run(measure(os.path.join(tmp, "bench.sock"), scale))
+            r = asyncio.run(measure(os.path.join(tmp, "bench.sock"), scale, server.pid))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
@@ -120,6 +146,11 @@ def main() -> None:
     print(f"{'4 KiB random read, depth 32, IOPS':38} {r['qd32_iops']:>12,.0f} {r['qd32_p50']:>8.3f} {r['qd32_p99']:>8.3f}")
     print(f"{'1 MiB sequential read, MB/s':38} {r['seq_read'] * 1.048576:>12,.0f} {'':>8} {'':>8} {ref_seq * 1.048576:>26,.0f} MB/s")
     print(f"{'1 MiB sequential write, MB/s':38} {r['seq_write'] * 1.048576:>12,.0f}")
+    print(f"CPU per request, us (vdc process + vds process); load average {os.getloadavg()[0]:.1f}")
+    for key, name in (("qd1", "4 KiB random read, depth 1"), ("qd32", "4 KiB random read, depth 32"),
+                      ("seq_read", "1 MiB sequential read"), ("seq_write", "1 MiB sequential write")):
+        client, server = r[f"{key}_cpu_client"], r[f"{key}_cpu_server"]
+        print(f"{name:38} {client:>8.1f} + {server:>8.1f} = {client + server:>8.1f}")
 
 
 if __name__ == "__main__":

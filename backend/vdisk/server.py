@@ -159,6 +159,7 @@ class VdsDevice(Device):
         self.geometry: labels.Geometry | None = None
         self._scsi_target: scsi.ScsiTarget | None = None
         self.completed = 0
+        self._queued = 0  # jobs handed to the runner and not yet done
 
     # ---- handshake ---------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class VdsDevice(Device):
         session.walk_budget = WALK_STEP
 
     def supported_ops(self) -> frozenset[Op]:
-        return self.ops & frozenset(HANDLERS)
+        return self.ops & _HANDLED_OPS
 
     def on_reset(self, reason: str) -> None:
         # Seed 1.1.6.17: a lost connection acts as VD_OP_RESET.
@@ -232,7 +233,7 @@ class VdsDevice(Device):
 
     def _serve(self, session: Session, items: list[tuple[bytes, Callable[[DiskRequest], None]]]) -> None:
         """Run requests in order, in one job (a FLUSH stays behind what came before it)."""
-        jobs: list[tuple[DiskRequest, Handler, Callable[[DiskRequest], None]]] = []
+        jobs: list[Job] = []
         for payload, finish in items:
             try:
                 request = DiskRequest.decode(payload, MAX_COOKIES)
@@ -241,7 +242,7 @@ class VdsDevice(Device):
                 request.status = to_wire_status(errno.EINVAL)
                 finish(request)
                 continue
-            handler = HANDLERS.get(request.operation) if request.operation in self.supported_ops() else None
+            handler = HANDLERS.get(request.operation) if request.operation in self.ops else None
             if handler is None:
                 request.status = to_wire_status(errno.ENOTSUP)
                 finish(request)
@@ -250,17 +251,49 @@ class VdsDevice(Device):
         if not jobs:
             return
         memory = session.memory.peer_memory
+        if not self._queued:
+            jobs = self._serve_cached(jobs, memory)
+            if not jobs:
+                return
 
         def work() -> list[int]:
             return [self._execute(handler, request, memory) for request, handler, _ in jobs]
 
         def done(codes: list[int]) -> None:
+            self._queued -= 1
             for (request, _, finish), code in zip(jobs, codes, strict=True):
                 request.status = to_wire_status(code)
                 self.completed += 1
                 finish(request)
 
+        self._queued += 1
         self.runner(work, done)
+
+    def _serve_cached(self, jobs: list[Job], memory: PeerMemory) -> list[Job]:
+        """Serve the leading reads the page cache holds right here; return the rest.
+
+        Only while the runner has nothing queued for us, so requests still
+        finish in order behind a FLUSH; the first read that would block (or
+        anything but a read) and all after it go to the runner.
+        """
+        engine = self.export.engine
+        for position, (request, handler, finish) in enumerate(jobs):
+            if handler is not VdsDevice._bread or not engine.nowait_reads:
+                return jobs[position:]
+            try:
+                self._bread(request, memory, nowait=True)
+                code = 0
+            except BlockingIOError:
+                return jobs[position:]
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+            except BackendError as exc:
+                log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
+                code = errno.EINVAL
+            request.status = to_wire_status(code)
+            self.completed += 1
+            finish(request)
+        return []
 
     def _execute(self, handler: Handler, request: DiskRequest, memory: PeerMemory) -> int:
         try:
@@ -317,17 +350,22 @@ class VdsDevice(Device):
         if not self.access.allowed():
             raise OSError(errno.EACCES, "another client holds exclusive access")
 
-    def _bread(self, request: DiskRequest, memory: PeerMemory) -> None:
+    def _bread(self, request: DiskRequest, memory: PeerMemory, nowait: bool = False) -> None:
         self._check_access()
         offset, length = self._byte_range(request)
         try:
             views = memory.map(request.cookies, length, writable=True)
         except BackendError:
+            if nowait:
+                raise BlockingIOError(errno.EAGAIN, "bounce-buffer reads go to the I/O thread") from None
             bounce = bytearray(length)  # the client allowed copying but not mapping
             self.export.engine.read_into(offset, [memoryview(bounce)])
             memory.copy_out(request.cookies, 0, bounce)
             return
-        self.export.engine.read_into(offset, views)
+        if nowait:
+            self.export.engine.try_read_into(offset, views)
+        else:
+            self.export.engine.read_into(offset, views)
 
     def _bwrite(self, request: DiskRequest, memory: PeerMemory) -> None:
         self._check_access()
@@ -439,6 +477,7 @@ class VdsDevice(Device):
 
 
 Handler = Callable[["VdsDevice", DiskRequest, PeerMemory], None]
+Job = tuple[DiskRequest, Handler, Callable[[DiskRequest], None]]
 
 
 def _salvage(payload: bytes) -> DiskRequest:
@@ -466,4 +505,4 @@ HANDLERS: dict[int, Handler] = {
     Op.GET_ACCESS: VdsDevice._get_access,
     Op.SET_ACCESS: VdsDevice._set_access,
 }
-
+_HANDLED_OPS = frozenset(HANDLERS)
