@@ -27,6 +27,7 @@ from .shm import SharedMemory
 log = logging.getLogger(__name__)
 
 MAX_FDS_PER_RECORD = 1
+_TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # a plain int: enum flags cost a call per use
 RECORDS_PER_WAKEUP = 64
 HIGH_WATER = 256 * 1024  # bytes queued for the socket before send_message() waits
 
@@ -152,7 +153,7 @@ class LdcEndpoint:
                 self._peer_gone("peer closed the connection")
                 return
             try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                if flags & _TRUNCATED:
                     raise records.RecordError("record or its descriptors truncated (too large)")
                 self._handle(records.decode(data, fds))
             except BackendError as exc:

@@ -63,6 +63,7 @@ class Perm(IntFlag):
 
 
 _COPY_READ, _COPY_WRITE = int(Perm.COPY_READ), int(Perm.COPY_WRITE)
+_ALL_PERMS = Perm.all_bits()
 
 #: What a typical read/write buffer grants: copy both ways and direct mapping.
 PERM_RW = Perm.READ | Perm.WRITE | Perm.COPY_READ | Perm.COPY_WRITE
@@ -170,20 +171,25 @@ class MapTable:
             raise ValueError(f"page-size code {page_code} not in 0..{MAX_PAGE_CODE}")
         if length <= 0 or offset < 0 or offset + length > segment.size:
             raise ValueError(f"export of {length} bytes at {offset} outside segment of {segment.size} bytes")
-        if perms & ~Perm.all_bits() or not perms:
+        perms = int(perms)
+        if perms & ~_ALL_PERMS or not perms:
             raise ValueError(f"bad permission bits 0x{perms:x}")
-        shift = page_shift(page_code)
+        shift = BASE_PAGE_SHIFT + 3 * page_code
         first_page = offset >> shift
         last_page = (offset + length - 1) >> shift
         if (last_page + 1) << shift > segment.size:
             raise ValueError(f"segment size {segment.size} is not a whole number of {1 << shift}-byte pages")
         count = last_page - first_page + 1
         index = self._allocate(count)
-        for i in range(count):
-            real = (segment.id << SEGMENT_SHIFT) | ((first_page + i) << shift)
-            MTE.pack_into(self._table, (index + i) * MTE.size, real | int(perms) | page_code)
+        # One pack for all the entries: consecutive pages of one segment.
+        first = (segment.id << SEGMENT_SHIFT) | (first_page << shift) | perms | page_code
+        step = 1 << shift
+        if count == 1:
+            MTE.pack_into(self._table, index * MTE.size, first)
+        else:
+            struct.pack_into(f">{count}Q", self._table, index * MTE.size, *range(first, first + count * step, step))
         # Consecutive entries covering contiguous memory need only one cookie.
-        cookie = TransportCookie(make_cookie(page_code, index, offset & ((1 << shift) - 1)), length)
+        cookie = TransportCookie(make_cookie(page_code, index, offset & (step - 1)), length)
         return Export((cookie,), index, count, self.generation)
 
     def unmap(self, export: Export) -> None:
@@ -194,12 +200,11 @@ class MapTable:
         """
         if export.generation != self.generation:
             return
-        for index in range(export.first_index, export.first_index + export.count):
-            if not self._used[index]:
-                raise ValueError(f"map table entry {index} is not in use")
-        for index in range(export.first_index, export.first_index + export.count):
-            MTE.pack_into(self._table, index * MTE.size, 0)
-            self._used[index] = 0
+        first, count = export.first_index, export.count
+        if self._used.find(0, first, first + count) >= 0:
+            raise ValueError(f"map table entries {first}..{first + count - 1} are not all in use")
+        self._table[first * MTE.size : (first + count) * MTE.size] = bytes(count * MTE.size)
+        self._used[first : first + count] = bytes(count)
 
     def revoke_all(self) -> None:
         """Clear every entry (used on channel reset: no cookie outlives a session)."""
@@ -278,6 +283,22 @@ class PeerMemory:
             dest[position : position + len(view)] = view
             position += len(view)
         return position
+
+    def read(self, cookies: Sequence[TransportCookie], length: int, start: int, stop: int) -> bytes:
+        """Bytes `start`..`stop` of the first `length` bytes of the cookies' memory.
+
+        The peer must grant COPY_READ for all `length` bytes (as for copy_in);
+        the slice is copied once, straight out of the shared pages.
+        """
+        if not 0 <= start <= stop <= length:
+            raise CookieError(f"slice {start}..{stop} outside the {length} bytes asked for")
+        if len(cookies) == 1 and length <= cookies[0].size:
+            view = self._contiguous(cookies[0].addr, length, _COPY_READ)
+            if view is not None:
+                return bytes(view[start:stop])
+        buffer = bytearray(length)
+        self.copy_in(cookies, 0, buffer)
+        return bytes(buffer[start:stop])
 
     def copy_out(self, cookies: Sequence[TransportCookie], offset: int, data: bytes | bytearray | memoryview) -> int:
         """Copy `data` into the peer's memory (needs COPY_WRITE); returns bytes copied."""
