@@ -19,6 +19,7 @@ from ..ldc.memory import PERM_RW, Segment
 from ..vio.aio import VioEndpoint
 from ..vio.constants import DevClass, DringOption, XferMode
 from ..vio.device import Device, RingSpec
+from ..vio.dring import OwnedRing
 from ..vio.session import Session
 from . import labels, scsi
 from .protocol import (
@@ -56,6 +57,7 @@ class VdcDevice(Device):
         self.server: DiskAttrs | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[DiskRequest, Callback]] = {}  # ring index or in-band handle
+        self._ring: OwnedRing | None = None  # our ring in this session (looked up once)
         self.on_ready: Callable[[], None] | None = None
 
     def attr_payload(self, version: tuple[int, int]) -> bytes:
@@ -78,10 +80,12 @@ class VdcDevice(Device):
         return [spec]
 
     def on_established(self, session: Session) -> None:
+        self._ring = None  # a new session has a new ring
         if self.on_ready is not None:
             self.on_ready()
 
     def on_reset(self, reason: str) -> None:
+        self._ring = None
         pending, self._pending = self._pending, {}
         for request, callback in pending.values():
             callback(errno.ECONNRESET, request)
@@ -93,8 +97,9 @@ class VdcDevice(Device):
             handle = session.send_inband(request.encode())
             self._pending[handle] = (request, callback)
         else:
-            ring = session.own_rings[0]
-            index = session.submit(ring, request.encode())
+            if self._ring is None:
+                self._ring = session.own_rings[0]
+            index = session.submit(self._ring, request.encode())
             self._pending[index] = (request, callback)
 
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:

@@ -32,6 +32,9 @@ from ..errors import ProtocolError
 from .constants import ACK_ENABLE, DESC_HEADER_SIZE, END_OPEN, DescState
 
 _READY, _ACCEPTED, _DONE, _FREE = DescState.READY, DescState.ACCEPTED, DescState.DONE, DescState.FREE
+# An entry header as queue() first writes it (FREE; READY is published after the payload).
+_HEADER_ACK = bytes((_FREE, ACK_ENABLE)) + bytes(DESC_HEADER_SIZE - 2)
+_HEADER_NO_ACK = bytes((_FREE, 0)) + bytes(DESC_HEADER_SIZE - 2)
 
 
 class RingError(ProtocolError):
@@ -195,7 +198,7 @@ class OwnedRing(Ring):
         if len(payload) > self.size - DESC_HEADER_SIZE:
             raise ValueError(f"payload of {len(payload)} bytes does not fit a {self.size}-byte descriptor")
         offset = index * self.size
-        self.memory.write(offset, bytes((_FREE, ACK_ENABLE if ack else 0)) + bytes(6) + payload)
+        self.memory.write(offset, (_HEADER_ACK if ack else _HEADER_NO_ACK) + payload)
         self.memory.set_byte(offset, _READY)  # last: the processor may look at any time
         self.pending += 1
         return index
