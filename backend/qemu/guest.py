@@ -215,11 +215,12 @@ class Guest:
 
 
 def _with_vhost_user_qemu(spec: GuestSpec) -> GuestSpec:
-    """sun4u guests that have (or may get) vhost-user devices need the QEMU built by
-    scripts/build-qemu-sparc64: stock 7.2 never shares sun4u RAM (docs/sparc64-vhost-user.md)."""
+    """sun4u guests started with vhost-user devices need the QEMU built by scripts/build-qemu-sparc64:
+    stock 7.2 never shares sun4u RAM (docs/sparc64-vhost-user.md). (Hot-plugging one into a guest
+    started without: give that guest the patched binary in its ArchProfile.)"""
     from .managed import patched_sparc64_qemu
 
-    vhost_user = any(isinstance(device, (VhostUserBlk, VhostUserNet)) for device in spec.devices) or spec.hotplug
+    vhost_user = any(isinstance(device, (VhostUserBlk, VhostUserNet)) for device in spec.devices)
     if spec.arch.name != "sparc64" or not vhost_user or spec.arch.binary != "qemu-system-sparc64":
         return spec
     return dataclasses.replace(spec, arch=dataclasses.replace(spec.arch, binary=patched_sparc64_qemu()))
