@@ -32,6 +32,7 @@ async def receiver(path: str, count: int) -> None:
     client.send(frame(SENDER, RECEIVER, 60))  # let the switch learn us
     print("ready", flush=True)
     first = await client.receive(30)
+    cpu = time.process_time()
     start = last = time.perf_counter()
     got, size = 1, len(first)
     while got < count:
@@ -42,27 +43,41 @@ async def receiver(path: str, count: int) -> None:
         got += 1
         last = time.perf_counter()
     elapsed = last - start
-    print(f"{got} {elapsed} {size}", flush=True)
+    print(f"{got} {elapsed} {size} {time.process_time() - cpu}", flush=True)
     client.close()
 
 
 async def sender(path: str, count: int, size: int) -> None:
     client = await VnetClient.connect(path, SENDER)
     data = frame(RECEIVER, SENDER, size)
+    cpu = time.process_time()
     for _ in range(count):
         await client.send_when_possible(data)
+    print(time.process_time() - cpu, flush=True)
     await asyncio.sleep(1)
     client.close()
 
 
-def run(path: str, count: int, size: int) -> tuple[int, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc, in seconds)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(path: str, count: int, size: int, vsw_pid: int) -> tuple[int, float, tuple[float, float, float]]:
+    """Frames received, seconds, and CPU seconds of sender, switch and receiver."""
+    vsw_before = cpu_seconds(vsw_pid)
     recv = subprocess.Popen([sys.executable, __file__, "--receiver", path, "--count", str(count)], stdout=subprocess.PIPE, text=True)
     assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
-    send = subprocess.Popen([sys.executable, __file__, "--sender", path, "--count", str(count), "--size", str(size)])
-    got, elapsed, _ = recv.stdout.readline().split()
+    send = subprocess.Popen([sys.executable, __file__, "--sender", path, "--count", str(count), "--size", str(size)], stdout=subprocess.PIPE, text=True)
+    got, elapsed, _, recv_cpu = recv.stdout.readline().split()
+    vsw_cpu = cpu_seconds(vsw_pid) - vsw_before
+    assert send.stdout is not None
+    send_cpu = float(send.stdout.readline())
     send.wait(60)
     recv.wait(60)
-    return int(got), float(elapsed)
+    return int(got), float(elapsed), (send_cpu, vsw_cpu, float(recv_cpu))
 
 
 def reference(count: int, size: int) -> float:
@@ -103,12 +118,16 @@ def main() -> None:
         assert vsw.stdout is not None and "vnet ports" in vsw.stdout.readline()
         try:
             print(f"vSwitch benchmark: vnet -> vsw -> vnet, three processes, ring mode ({os.cpu_count()} CPUs)")
-            print(f"{'case':30} {'frames/s':>12} {'Gbit/s':>8} {'lost':>6} {'reference frames/s':>20}")
+            print(f"{'case':30} {'frames/s':>12} {'Gbit/s':>8} {'lost':>6} {'reference frames/s':>20}"
+                  f" {'CPU us/frame: sender + vsw + receiver':>40}")
             for size in (64, 1500):
-                got, elapsed = run(path, count, size)
+                got, elapsed, cpu = run(path, count, size, vsw.pid)
                 ref = reference(count, size)
                 rate = got / elapsed
-                print(f"{f'{size}-byte frames':30} {rate:>12,.0f} {rate * size * 8 / 1e9:>8.2f} {count - got:>6} {count / ref:>20,.0f}")
+                per_frame = " + ".join(f"{c / count * 1e6:.1f}" for c in cpu)
+                print(f"{f'{size}-byte frames':30} {rate:>12,.0f} {rate * size * 8 / 1e9:>8.2f} {count - got:>6} {count / ref:>20,.0f}"
+                      f" {per_frame:>40}")
+            print(f"load average {os.getloadavg()[0]:.1f}")
         finally:
             vsw.send_signal(signal.SIGTERM)
             vsw.wait(30)
