@@ -160,6 +160,7 @@ class VdsDevice(Device):
         self._scsi_target: scsi.ScsiTarget | None = None
         self.completed = 0
         self._queued = 0  # jobs handed to the runner and not yet done
+        self._access_ok = False  # access checked within the batch running now
 
     # ---- handshake ---------------------------------------------------------------------
 
@@ -257,7 +258,11 @@ class VdsDevice(Device):
                 return
 
         def work() -> list[int]:
-            return [self._execute(handler, request, memory) for request, handler, _ in jobs]
+            self._access_ok = False  # a new batch: another process may have taken the disk meanwhile
+            try:
+                return [self._execute(handler, request, memory) for request, handler, _ in jobs]
+            finally:
+                self._access_ok = False
 
         def done(codes: list[int]) -> None:
             self._queued -= 1
@@ -277,23 +282,27 @@ class VdsDevice(Device):
         anything but a read) and all after it go to the runner.
         """
         engine = self.export.engine
-        for position, (request, handler, finish) in enumerate(jobs):
-            if handler is not VdsDevice._bread or not engine.nowait_reads:
-                return jobs[position:]
-            try:
-                self._bread(request, memory, nowait=True)
-                code = 0
-            except BlockingIOError:
-                return jobs[position:]
-            except OSError as exc:
-                code = exc.errno or errno.EIO
-            except BackendError as exc:
-                log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
-                code = errno.EINVAL
-            request.status = to_wire_status(code)
-            self.completed += 1
-            finish(request)
-        return []
+        self._access_ok = False
+        try:
+            for position, (request, handler, finish) in enumerate(jobs):
+                if handler is not VdsDevice._bread or not engine.nowait_reads:
+                    return jobs[position:]
+                try:
+                    self._bread(request, memory, nowait=True)
+                    code = 0
+                except BlockingIOError:
+                    return jobs[position:]
+                except OSError as exc:
+                    code = exc.errno or errno.EIO
+                except BackendError as exc:
+                    log.info("vds: request %d (op %d) refused: %s", request.req_id, request.operation, exc)
+                    code = errno.EINVAL
+                request.status = to_wire_status(code)
+                self.completed += 1
+                finish(request)
+            return []
+        finally:
+            self._access_ok = False
 
     def _execute(self, handler: Handler, request: DiskRequest, memory: PeerMemory) -> int:
         try:
@@ -347,8 +356,13 @@ class VdsDevice(Device):
         return start * block, count * block
 
     def _check_access(self) -> None:
+        """EACCES unless we may use the disk; asked of the OS once per batch
+        (a lock query is a syscall), again after anything that changes access."""
+        if self._access_ok:
+            return
         if not self.access.allowed():
             raise OSError(errno.EACCES, "another client holds exclusive access")
+        self._access_ok = True
 
     def _bread(self, request: DiskRequest, memory: PeerMemory, nowait: bool = False) -> None:
         self._check_access()
@@ -465,12 +479,14 @@ class VdsDevice(Device):
         return bytes(buffer)
 
     def _reset(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self._access_ok = False
         self.access.clear()
 
     def _get_access(self, request: DiskRequest, memory: PeerMemory) -> None:
         memory.copy_out(request.cookies, 0, ACCESS.pack(ACCESS_ALLOWED if self.access.allowed() else ACCESS_DENIED))
 
     def _set_access(self, request: DiskRequest, memory: PeerMemory) -> None:
+        self._access_ok = False
         value = bytearray(ACCESS.size)
         memory.copy_in(request.cookies, 0, value)
         self.access.set_access(ACCESS.unpack(value)[0])
