@@ -75,7 +75,7 @@ echo "IO-DONE"
     check_roundtrip(console, disk, pattern)
     moved, misses = iotlb_stats(log)
     assert misses > 0, "the guest's disk did not go through the device IOTLB"
-    print(f"sparc64 boot-to-I/O {first_io:.1f} s; {BULK_MB} MiB direct reads in {bulk:.1f} s; "
+    print(f"sparc64 boot-to-I/O {first_io:.1f} s; {BULK_MB} MiB of uncached reads in {bulk:.1f} s; "
           f"{misses} IOTLB misses for {moved / 1e6:.1f} MB = {misses / (moved / (1 << 20)):.1f} misses/MiB")
     assert moved >= BULK_MB << 20
 
