@@ -27,8 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.qemu import (  # noqa: E402
-    BackendProcess, Guest, GuestImage, GuestSpec, VhostUserBlk, arch_profile, guest_image, storage_daemon_argv,
+from backend.qemu import (
+    BackendProcess,
+    Guest,
+    GuestImage,
+    GuestSpec,
+    VhostUserBlk,
+    arch_profile,
+    guest_image,
+    storage_daemon_argv,
     vio_vhost_blk_argv,
 )
 
@@ -160,8 +167,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-vhost-blk-") as tmp:
         disk = os.path.join(tmp, "disk.img")
         with open(disk, "wb") as f:
-            for _ in range(args.disk_mb):
-                f.write(os.urandom(MiB))
+            f.writelines(os.urandom(MiB) for _ in range(args.disk_mb))
         results = asyncio.run(bench(disk, tmp, args.seconds, args.repeats, workloads))
     print(f"load average after: {load_average()}; medians of {args.repeats} runs of {args.seconds:g} s")
     print_table([w.label for w in workloads], results["ours"], results["qsd"], "qemu-storage-daemon")

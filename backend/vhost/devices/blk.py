@@ -2,7 +2,9 @@
 
 The device only translates: a request chain becomes an engine call on
 memoryviews of guest memory (preadv/pwritev straight into the shared
-mapping, no copy), run in the core's I/O threads. FLUSH is a barrier: it
+mapping, no copy), run in the core's I/O threads - except a small read the
+page cache already holds, which is served on the event loop at once (the
+hand-off to a thread and back costs more than the copy). FLUSH is a barrier: it
 starts once every request taken before it has finished, then makes the data
 stable. VIRTIO_BLK_F_CONFIG_WCE maps the config `writeback` byte onto the
 engine's write-cache mode.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from ...vdisk.devid import DeviceId
 from ...vdisk.engine import DiskEngine
@@ -52,6 +56,9 @@ CONFIG_WRITEBACK_OFFSET = 32
 SIZE_MAX = 1 << 20
 MAX_RANGE_SECTORS = (1 << 30) // SECTOR  # per discard/write-zeroes segment
 MAX_RANGE_SEGMENTS = 16
+# Reads up to this size are tried on the event loop first (RWF_NOWAIT: only if the page cache
+# holds them): a copy this small costs less than the hand-off to an I/O thread and back.
+INLINE_READ_MAX = SIZE_MAX
 
 
 class BlockDevice(VirtioDevice):
@@ -119,51 +126,79 @@ class BlockDevice(VirtioDevice):
     # ---- requests --------------------------------------------------------------------
 
     def _request(self, queue: ServedQueue, chain: DescriptorChain) -> None:
-        header, data_in = _split(chain.readable, REQUEST_HEADER.size)
-        if header is None or not chain.writable or len(chain.writable[-1]) < 1:
-            queue.fail(f"virtio-blk request {chain.head} lacks its header or status byte")
+        readable, writable = chain.readable, chain.writable
+        if readable and len(readable[0]) == REQUEST_HEADER.size:  # Linux: the header alone in its buffer
+            kind, _, sector = REQUEST_HEADER.unpack(readable[0])
+            data_in = readable[1:]
+        else:
+            header, data_in = _split(readable, REQUEST_HEADER.size)
+            if header is None:
+                queue.fail(f"virtio-blk request {chain.head} lacks its header")
+                return
+            kind, _, sector = REQUEST_HEADER.unpack(header)
+        last = writable[-1] if writable else None
+        if not last:
+            queue.fail(f"virtio-blk request {chain.head} lacks its status byte")
             return
-        kind, _, sector = REQUEST_HEADER.unpack(header)
-        last = chain.writable[-1]
-        status = last[len(last) - 1 : len(last)]
-        data_out = chain.writable[:-1] + ([last[: len(last) - 1]] if len(last) > 1 else [])
-        finish = _finisher(queue, chain, status)
+        if len(last) == 1:  # Linux: the status byte alone in its buffer
+            status, data_out = last, writable[:-1]
+        else:
+            status, data_out = last[-1:], writable[:-1] + [last[:-1]]
 
         if kind == T_IN:
-            self._transfer(queue, finish, sector, data_out, self.engine.read_into, lambda moved: moved + 1)
+            length = self._checked_length(sector, data_out)
+            if length is None:
+                _finish(queue, chain, status, S_IOERR, 1)
+            elif length > INLINE_READ_MAX or not self._read_cached(queue, chain, status, sector, data_out, length):
+                self._submit(queue, chain, status, partial(self.engine.read_into, sector * SECTOR, data_out), _plus_status)
         elif kind == T_OUT:
-            if self.read_only:
-                finish(S_IOERR, 1)
+            if self.read_only or self._checked_length(sector, data_in) is None:
+                _finish(queue, chain, status, S_IOERR, 1)
             else:
-                self._transfer(queue, finish, sector, data_in, self.engine.write_from, _status_only)
+                self._submit(queue, chain, status, partial(self.engine.write_from, sector * SECTOR, data_in), _status_only)
         elif kind == T_FLUSH:
-            self._after_earlier(lambda: self._submit(queue, finish, self.engine.flush, _status_only))
+            self._after_earlier(partial(self._submit, queue, chain, status, self.engine.flush, _status_only))
         elif kind == T_GET_ID:
             count = min(ID_BYTES, sum(len(v) for v in data_out))
             _scatter(self.serial[:count], data_out)
-            finish(S_OK, count + 1)
+            _finish(queue, chain, status, S_OK, count + 1)
         elif kind in (T_DISCARD, T_WRITE_ZEROES) and not self.read_only:
-            self._ranges(queue, finish, kind, b"".join(data_in))
+            self._ranges(queue, chain, status, kind, b"".join(data_in))
         else:
-            finish(S_UNSUPP, 1)
+            _finish(queue, chain, status, S_UNSUPP, 1)
 
-    def _transfer(self, queue: ServedQueue, finish: Finish, sector: int, views: list[memoryview],
-                  call: Callable[[int, list[memoryview]], int], written: Callable[[object], int]) -> None:
-        length = sum(len(v) for v in views)
+    def _checked_length(self, sector: int, views: list[memoryview]) -> int | None:
+        """Bytes the request moves, or None when they are not whole sectors inside the disk."""
+        length = sum(map(len, views))
         if length % SECTOR or sector * SECTOR + length > self.engine.size_bytes:
             log.warning("virtio-blk: %d bytes at sector %d are outside the %d-byte disk or not whole sectors", length, sector, self.engine.size_bytes)
-            finish(S_IOERR, 1)
-            return
-        self._submit(queue, finish, lambda: call(sector * SECTOR, views), written)
+            return None
+        return length
 
-    def _ranges(self, queue: ServedQueue, finish: Finish, kind: int, table: bytes) -> None:
+    def _read_cached(self, queue: ServedQueue, chain: DescriptorChain, status: memoryview, sector: int,
+                     views: list[memoryview], length: int) -> bool:
+        """Serve a read right here if the page cache holds it (no thread hand-off); False: it would block."""
+        if not self.engine.nowait_reads:
+            return False
+        try:
+            self.engine.try_read_into(sector * SECTOR, views)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            log.warning("virtio-blk I/O failed: %s", exc)
+            _finish(queue, chain, status, S_IOERR, 1)
+            return True
+        _finish(queue, chain, status, S_OK, length + 1)
+        return True
+
+    def _ranges(self, queue: ServedQueue, chain: DescriptorChain, status: memoryview, kind: int, table: bytes) -> None:
         if not table or len(table) % SEGMENT.size or len(table) // SEGMENT.size > MAX_RANGE_SEGMENTS:
-            finish(S_UNSUPP if len(table) // SEGMENT.size > MAX_RANGE_SEGMENTS else S_IOERR, 1)
+            _finish(queue, chain, status, S_UNSUPP if len(table) // SEGMENT.size > MAX_RANGE_SEGMENTS else S_IOERR, 1)
             return
         segments = [SEGMENT.unpack_from(table, i) for i in range(0, len(table), SEGMENT.size)]
         for sector, count, flags in segments:
             if count > MAX_RANGE_SECTORS or (sector + count) * SECTOR > self.engine.size_bytes or flags & ~WRITE_ZEROES_UNMAP:
-                finish(S_IOERR if flags & ~WRITE_ZEROES_UNMAP == 0 else S_UNSUPP, 1)
+                _finish(queue, chain, status, S_IOERR if flags & ~WRITE_ZEROES_UNMAP == 0 else S_UNSUPP, 1)
                 return
 
         def work() -> None:
@@ -173,24 +208,25 @@ class BlockDevice(VirtioDevice):
                 else:
                     self.engine.write_zeroes(sector * SECTOR, count * SECTOR, unmap=bool(flags & WRITE_ZEROES_UNMAP))
 
-        self._submit(queue, finish, work, _status_only)
+        self._submit(queue, chain, status, work, _status_only)
 
-    def _submit(self, queue: ServedQueue, finish: Finish, work: Callable[[], object], written: Callable[[object], int]) -> None:
+    def _submit(self, queue: ServedQueue, chain: DescriptorChain, status: memoryview, work: Callable[[], object],
+                written: Callable[[Any], int]) -> None:
         """Run `work` in the I/O threads; the request counts as open (for FLUSH) until it ends."""
         self._seq += 1
-        seq = self._seq
-        self._open.add(seq)
+        self._open.add(self._seq)
+        queue.run_blocking(work, partial(self._done, queue, chain, status, self._seq, written))
 
-        def done(result: object) -> None:
-            self._open.discard(seq)
-            if isinstance(result, BaseException):
-                log.warning("virtio-blk I/O failed: %s", result)
-                finish(S_IOERR, 1)
-            else:
-                finish(S_OK, written(result))
+    def _done(self, queue: ServedQueue, chain: DescriptorChain, status: memoryview, seq: int,
+              written: Callable[[Any], int], result: object) -> None:
+        self._open.discard(seq)
+        if isinstance(result, BaseException):
+            log.warning("virtio-blk I/O failed: %s", result)
+            _finish(queue, chain, status, S_IOERR, 1)
+        else:
+            _finish(queue, chain, status, S_OK, written(result))
+        if self._barriers:
             self._release_barriers(seq)
-
-        queue.run_blocking(work, done)
 
     def _after_earlier(self, start: Callable[[], None]) -> None:
         waiting = set(self._open)
@@ -211,19 +247,18 @@ class BlockDevice(VirtioDevice):
                 start()
 
 
-Finish = Callable[[int, int], None]  # (status, bytes written into the chain)
-
-
 def _status_only(_: object) -> int:
     return 1
 
 
-def _finisher(queue: ServedQueue, chain: DescriptorChain, status: memoryview) -> Finish:
-    def finish(code: int, written: int) -> None:
-        status[0] = code
-        queue.complete(chain, written)
+def _plus_status(moved: int) -> int:
+    return moved + 1
 
-    return finish
+
+def _finish(queue: ServedQueue, chain: DescriptorChain, status: memoryview, code: int, written: int) -> None:
+    """Status byte, then the chain back to the driver with `written` bytes filled in."""
+    status[0] = code
+    queue.complete(chain, written)
 
 
 def _split(views: list[memoryview], count: int) -> tuple[bytes | None, list[memoryview]]:
