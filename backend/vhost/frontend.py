@@ -250,6 +250,10 @@ class VirtioGuest:
             self._invalidate_unmapped(queue)
             if len(done) >= count:
                 return done
+            if queue.pending_used():
+                # the device completed more between our read of the used index and our
+                # publishing used_event, and may have decided not to call: look again
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"queue {index}: {len(done)} of {count} completions after {timeout} s")
