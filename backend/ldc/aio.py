@@ -13,13 +13,13 @@ import collections
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable
 
 from ..errors import BackendError, LinkDownError
 from . import records
-from .channel import RESET, Channel, LinkReset, LinkUp, MessageReceived, ProtocolViolation
+from .channel import Channel
 from .constants import Mode
+from .endpoint import HIGH_WATER, ChannelEndpoint, Listener
 from .memory import Export, PeerMemory, Segment
 from .raw import RawChannel
 from .shm import SharedMemory
@@ -29,37 +29,20 @@ log = logging.getLogger(__name__)
 MAX_FDS_PER_RECORD = 1
 _TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # a plain int: enum flags cost a call per use
 RECORDS_PER_WAKEUP = 64
-HIGH_WATER = 256 * 1024  # bytes queued for the socket before send_message() waits
+
+__all__ = ["HIGH_WATER", "LdcEndpoint", "Listener", "SocketServer", "listen"]
 
 
-class Listener(Protocol):
-    """Who takes an endpoint's link events and messages when not read with receive_message()."""
-
-    def ldc_up(self) -> None: ...
-    def ldc_reset(self, reason: str) -> None: ...
-    def ldc_message(self, data: bytes) -> None: ...
-
-
-class LdcEndpoint:
+class LdcEndpoint(ChannelEndpoint):
     """One end of an LDC channel over a connected SOCK_SEQPACKET socket."""
 
     def __init__(self, sock: socket.socket, channel: Channel | RawChannel, *, table_entries: int = 4096) -> None:
         self.sock = sock
-        self.channel = channel
         self.memory = SharedMemory(table_entries)
-        if isinstance(channel, Channel):
-            channel._on_reset = self.memory.table.revoke_all  # no cookie outlives its session
+        super().__init__(channel)
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self._queued_bytes = 0
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._messages: asyncio.Queue[bytes | LinkReset] = asyncio.Queue()
-        self._up = asyncio.Event()
-        self.closed = False
-        self.closed_event = asyncio.Event()
-        self.last_reset: str | None = None
-        self._listener: Listener | None = None
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._send_record(records.encode_map_table(table_entries), [self.memory.table_fd])
@@ -79,39 +62,6 @@ class LdcEndpoint:
         sock, _ = await asyncio.get_running_loop().sock_accept(listener)
         return cls(sock, _make_channel(mode, channel_args))
 
-    async def open(self, timeout: float | None = 10.0) -> tuple[int, int]:
-        """Bring the link up; returns the negotiated LDC version."""
-        self.channel.open()
-        self._flush()
-        await asyncio.wait_for(self._up.wait(), timeout)
-        return getattr(self.channel, "version", None) or (1, 0)
-
-    async def send_message(self, data: bytes | bytearray | memoryview) -> None:
-        """Send one message; waits while too much is queued for the socket."""
-        await self.send_messages((data,))
-
-    async def send_messages(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
-        """Send several messages with as few socket writes as batching allows."""
-        if self.closed:
-            raise LinkDownError(f"connection closed: {self.last_reset}")
-        for data in messages:
-            self.channel.send(data)
-        self._flush()
-        while not self.closed and (self._queued_bytes > HIGH_WATER or self._held_back()):
-            self._writable.clear()
-            await self._writable.wait()
-
-    def _held_back(self) -> bool:
-        """Whether a reliable-mode window is holding our data back."""
-        return isinstance(self.channel, Channel) and self.channel.pending_send > 0
-
-    async def receive_message(self) -> bytes:
-        """The next message; raises LinkDownError when the link resets first."""
-        item = await self._messages.get()
-        if isinstance(item, LinkReset):
-            raise LinkDownError(f"LDC link reset: {item.reason}")
-        return item
-
     def allocate_segment(self, size: int) -> Segment:
         """Memory we can export to the peer (shared with it now)."""
         segment, fd = self.memory.allocate(size)
@@ -130,12 +80,32 @@ class LdcEndpoint:
             raise LinkDownError("the peer has not shared its map table")
         return self.memory.peer
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.channel.close()
-        self._flush()
-        self._shutdown("closed locally")
+    # ---- ChannelEndpoint -------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._queued_bytes
+
+    def _encode_packets(self, packets: list[bytes]) -> list[bytes]:
+        return records.encode_packets(packets)
+
+    def _encode_reset(self) -> bytes:
+        return records.encode_reset()
+
+    def _transmit(self, encoded: list[bytes]) -> None:
+        for record in encoded:
+            self._queue.append((record, []))
+            self._queued_bytes += len(record)
+        self._write()
+
+    def _revoke_exports(self) -> None:
+        self.memory.table.revoke_all()
+
+    def _release(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self._loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.memory.close()
 
     # ---- the socket's side ---------------------------------------------------------
 
@@ -163,7 +133,7 @@ class LdcEndpoint:
                 for fd in fds:  # mappings keep what they need; the descriptors can go
                     os.close(fd)
         self._dispatch_events()
-        self._flush()
+        self.flush()
 
     def _handle(self, record: records.Record) -> None:
         if isinstance(record, records.Packets):
@@ -175,59 +145,10 @@ class LdcEndpoint:
         else:
             self.memory.peer_segment(record.segment_id, record.size, record.fd)
 
-    def set_listener(self, listener: Listener) -> None:
-        """Hand link events and messages to `listener` instead of receive_message()."""
-        self._listener = listener
-
-    def flush(self) -> None:
-        """Send whatever the channel has queued (after sending outside send_message)."""
-        self._flush()
-
-    def _dispatch_events(self) -> None:
-        listener = self._listener
-        for event in self.channel.take_events():
-            if isinstance(event, MessageReceived):
-                if listener is not None:
-                    listener.ldc_message(event.data)
-                else:
-                    self._messages.put_nowait(event.data)
-            elif isinstance(event, LinkUp):
-                self._up.set()
-                if listener is not None:
-                    listener.ldc_up()
-            elif isinstance(event, LinkReset):
-                self._up.clear()
-                self.last_reset = event.reason
-                log.info("LDC link reset (%s): %s", "by peer" if event.by_peer else "locally", event.reason)
-                if listener is not None:
-                    listener.ldc_reset(event.reason)
-                else:
-                    self._messages.put_nowait(event)
-            elif isinstance(event, ProtocolViolation):
-                log.warning("LDC protocol violation by the peer: %s", event.reason)
-
-    def _flush(self) -> None:
-        """Move the channel's output into records and push them to the socket."""
-        batch: list[bytes] = []
-        for item in self.channel.take_output():
-            if item is RESET:
-                self._queue_records(records.encode_packets(batch))
-                batch = []
-                self._queue_records([records.encode_reset()])
-            else:
-                batch.append(item)  # type: ignore[arg-type]
-        self._queue_records(records.encode_packets(batch))
-        self._write()
-
     def _send_record(self, record: bytes, fds: list[int]) -> None:
         self._queue.append((record, fds))
         self._queued_bytes += len(record)
         self._write()
-
-    def _queue_records(self, encoded: list[bytes]) -> None:
-        for record in encoded:
-            self._queue.append((record, []))
-            self._queued_bytes += len(record)
 
     def _write(self) -> None:
         while self._queue and not self.closed:
@@ -255,20 +176,7 @@ class LdcEndpoint:
     def _peer_gone(self, reason: str) -> None:
         self.channel.peer_reset(reason)
         self._dispatch_events()
-        self._shutdown(reason)
-
-    def _shutdown(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.closed_event.set()
-        self.last_reset = self.last_reset or reason
-        self._loop.remove_reader(self.sock.fileno())
-        self._loop.remove_writer(self.sock.fileno())
-        self.sock.close()
-        self.memory.close()
-        self._writable.set()
-        self._messages.put_nowait(LinkReset(reason, by_peer=False))
+        self.shut_down(reason)
 
 
 def _make_channel(mode: Mode, channel_args: dict) -> Channel | RawChannel:

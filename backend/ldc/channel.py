@@ -207,6 +207,10 @@ class Channel(Outbox):
         self._closed = True
         self._reset("closed locally", by_peer=False, notify_peer=True, restart=False)
 
+    def set_on_reset(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` whenever the link resets (the transport revokes the session's exports)."""
+        self._on_reset = callback
+
     @property
     def is_up(self) -> bool:
         return self.state is State.UP

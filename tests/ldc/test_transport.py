@@ -90,7 +90,7 @@ def test_reset_revokes_exports() -> None:
         await a.send_message(b"sync")
         await b.receive_message()
         b.channel.close()  # b resets the link: a's exports from this session die
-        b._flush()
+        b.flush()
         with pytest.raises(LinkDownError):
             await a.receive_message()
         with pytest.raises(CookieError, match="revoked"):
@@ -104,10 +104,10 @@ def test_malformed_records_reset_the_channel_and_it_recovers() -> None:
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         endpoint = LdcEndpoint(right, _channel(Mode.UNRELIABLE))
         endpoint.channel.open()
-        endpoint._flush()
+        endpoint.flush()
         peer = LdcEndpoint(left, _channel(Mode.UNRELIABLE))
         peer.channel.open()
-        peer._flush()
+        peer.flush()
         await asyncio.gather(endpoint._up.wait(), peer._up.wait())
         oversized = records.RECORD_HEADER.pack(1, 600) + bytes(600 * 64)
         for garbage in (b"\x01", records.RECORD_HEADER.pack(9, 0), records.RECORD_HEADER.pack(1, 2) + bytes(64), oversized):

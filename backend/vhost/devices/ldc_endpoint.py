@@ -1,8 +1,8 @@
 """One LDC channel end whose packets and memory travel through virtqueues (either side of the device).
 
-`QueueEndpoint` offers what `backend.ldc.aio.LdcEndpoint` offers over a Unix
-socket (open, send/receive messages, a listener, shared memory, close), so
-the VIO session, vds, vnet and DS code run on it unchanged. What differs is
+`QueueEndpoint` is a `backend.ldc.endpoint.ChannelEndpoint`, as the Unix
+socket's `LdcEndpoint` is (open, send/receive messages, a listener, shared
+memory, close), so the VIO session, vds, vnet and DS code run on it unchanged. What differs is
 below it: records go to a `RecordLink` (the device's receive queue, or the
 driver's transmit queue) and come back through `receive_buffer`; memory is
 guest memory named by guest-physical address (`ChannelMemory`).
@@ -10,26 +10,18 @@ guest memory named by guest-physical address (`ChannelMemory`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 from ...errors import BackendError, GuestError, LinkDownError, ProtocolError
-from ...ldc.channel import (
-    RESET,
-    Channel,
-    LinkReset,
-    LinkUp,
-    MessageReceived,
-    ProtocolViolation,
-)
+from ...ldc.channel import Channel
+from ...ldc.endpoint import HIGH_WATER, ChannelEndpoint
 from ...ldc.memory import MAX_SEGMENT_ID, MTE, Export, MapTable, PeerMemory, Segment
 from . import ldc_wire as wire
 
 log = logging.getLogger(__name__)
 
-HIGH_WATER = 256 * 1024  # record bytes waiting for buffers before send_message() waits
 MAX_PEER_SEGMENTS = 4096
 SEGMENT_ALIGN = 8192  # the sun4v base page: exports are whole pages
 
@@ -47,12 +39,6 @@ class RecordLink(Protocol):
     @property
     def backlog(self) -> int:
         """Record bytes not yet in a buffer."""
-
-
-class Listener(Protocol):
-    def ldc_up(self) -> None: ...
-    def ldc_reset(self, reason: str) -> None: ...
-    def ldc_message(self, data: bytes) -> None: ...
 
 
 class ChannelMemory:
@@ -113,52 +99,15 @@ class ChannelMemory:
         self._peer_segments.clear()
 
 
-class QueueEndpoint:
+class QueueEndpoint(ChannelEndpoint):
     """An LDC channel end over queue buffers: the LdcEndpoint API on a RecordLink."""
 
+    channel: Channel
+
     def __init__(self, channel: Channel, memory: ChannelMemory, link: RecordLink) -> None:
-        self.channel = channel
         self.memory = memory
         self.link = link
-        channel._on_reset = self._revoke_exports  # no cookie outlives its session (as LdcEndpoint does)
-        self.closed = False
-        self.closed_event = asyncio.Event()
-        self.last_reset: str | None = None
-        self._listener: Listener | None = None
-        self._messages: asyncio.Queue[bytes | LinkReset] = asyncio.Queue()
-        self._up = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    # ---- the user's side (as LdcEndpoint) -------------------------------------------------
-
-    async def open(self, timeout: float | None = 10.0) -> tuple[int, int]:
-        self.channel.open()
-        self.flush()
-        await asyncio.wait_for(self._up.wait(), timeout)
-        return self.channel.version or (1, 0)
-
-    def set_listener(self, listener: Listener) -> None:
-        self._listener = listener
-
-    async def send_message(self, data: bytes | bytearray | memoryview) -> None:
-        await self.send_messages((data,))
-
-    async def send_messages(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
-        if self.closed:
-            raise LinkDownError(f"channel closed: {self.last_reset}")
-        for data in messages:
-            self.channel.send(data)
-        self.flush()
-        while not self.closed and (self.link.backlog > HIGH_WATER or self.channel.pending_send > 0):
-            self._writable.clear()
-            await self._writable.wait()
-
-    async def receive_message(self) -> bytes:
-        item = await self._messages.get()
-        if isinstance(item, LinkReset):
-            raise LinkDownError(f"LDC link reset: {item.reason}")
-        return item
+        super().__init__(channel)
 
     def allocate_segment(self, size: int) -> Segment:
         segment, record = self.memory.allocate(size)
@@ -180,28 +129,28 @@ class QueueEndpoint:
             raise LinkDownError("the peer has not named its map table")
         return self.memory.peer
 
-    def flush(self) -> None:
-        """Channel output into records for the link (packets batched, resets in order)."""
-        records: list[bytes] = []
-        batch: list[bytes] = []
-        for item in self.channel.take_output():
-            if item is RESET:
-                if batch:
-                    records += wire.encode_packets(b"".join(batch))
-                    batch = []
-                records.append(wire.encode_reset())
-            else:
-                batch.append(item)  # type: ignore[arg-type]
-        if batch:
-            records += wire.encode_packets(batch[0] if len(batch) == 1 else b"".join(batch))
+    # ---- ChannelEndpoint ------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self.link.backlog
+
+    def _encode_packets(self, packets: list[bytes]) -> list[bytes]:
+        return wire.encode_packets(packets[0] if len(packets) == 1 else b"".join(packets))
+
+    def _encode_reset(self) -> bytes:
+        return wire.encode_reset()
+
+    def _transmit(self, records: list[bytes]) -> None:
         if records and not self.closed:
             self.link.transmit(records)
 
-    def close(self) -> None:
-        if not self.closed:
-            self.channel.close()
-            self.flush()
-            self.shut_down("closed locally")
+    def _revoke_exports(self) -> None:
+        if self.memory.table is not None:
+            self.memory.table.revoke_all()
+
+    def _release(self) -> None:
+        self.memory.revoke()
 
     # ---- the link's side ------------------------------------------------------------------
 
@@ -235,27 +184,7 @@ class QueueEndpoint:
 
     def dispatch(self) -> None:
         """Hand channel events to the listener (or receive_message), then send what they caused."""
-        listener = self._listener
-        for event in self.channel.take_events():
-            if isinstance(event, MessageReceived):
-                if listener is not None:
-                    listener.ldc_message(event.data)
-                else:
-                    self._messages.put_nowait(event.data)
-            elif isinstance(event, LinkUp):
-                self._up.set()
-                if listener is not None:
-                    listener.ldc_up()
-            elif isinstance(event, LinkReset):
-                self._up.clear()
-                self.last_reset = event.reason
-                log.info("LDC link reset (%s): %s", "by peer" if event.by_peer else "locally", event.reason)
-                if listener is not None:
-                    listener.ldc_reset(event.reason)
-                else:
-                    self._messages.put_nowait(event)
-            elif isinstance(event, ProtocolViolation):
-                log.warning("LDC protocol violation by the peer: %s", event.reason)
+        self._dispatch_events()
         self.flush()
         self.drained()
 
@@ -271,17 +200,3 @@ class QueueEndpoint:
         self.channel.peer_reset(reason)
         self.dispatch()
         self.shut_down(reason)
-
-    def shut_down(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.last_reset = self.last_reset or reason
-        self.memory.revoke()
-        self.closed_event.set()
-        self._writable.set()
-        self._messages.put_nowait(LinkReset(reason, by_peer=False))
-
-    def _revoke_exports(self) -> None:
-        if self.memory.table is not None:
-            self.memory.table.revoke_all()
