@@ -75,8 +75,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 async def _serve(args: argparse.Namespace) -> None:
     from ..cli import _until_signalled
-    from ..vswitch.offload import ALL, Offloads
-    from ..vswitch.port import PortConfig
+    from ..vswitch.offload import ALL
+    from ..vswitch.port import Offloads, PortConfig
     from ..vswitch.switch import Switch
     from .aio import VhostUserServer
     from .devices.net import NetDevice
@@ -109,20 +109,15 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def _uplink(switch, args: argparse.Namespace, offloads):
     """The tap uplink (with vnet headers and TUNSETOFFLOAD) as an offload-carrying switch port; returns its closer."""
-    from ..vswitch.offload_ports import switch_offloaded
-    from ..vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, VirtioNetHdr
-    from ..vswitch.tap_offload import OffloadTapPort
+    from ..vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, TapPort
 
     device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge),
                        vnet_hdr=True, vnet_hdr_size=VIRTIO_NET_HDR_SIZE)
     try:
-        port = OffloadTapPort(device, offloads=offloads)
+        port = TapPort(device, offloads=offloads)
         switch.attach(port, uplink=True)
     except BaseException:
         device.close()
         raise
-    def on_frame(frame: bytes, hdr: VirtioNetHdr) -> None:
-        switch_offloaded(switch, port, frame, hdr, time.monotonic())
-
-    port.attach(asyncio.get_running_loop(), on_frame)
+    port.attach(asyncio.get_running_loop(), lambda frame, hdr=None: switch.receive(port, frame, time.monotonic(), hdr))
     return port.close

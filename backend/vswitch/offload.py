@@ -16,10 +16,10 @@ else raises OffloadError.
 
 from __future__ import annotations
 
-import enum
 import struct
 
 from ..errors import GuestError
+from .port import Offloads
 from .tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VirtioNetHdr
 
 # gso_type values of struct virtio_net_hdr (<linux/virtio_net.h>)
@@ -44,16 +44,6 @@ _U32 = struct.Struct("!I")
 
 class OffloadError(GuestError):
     """The offload request in a virtio_net_hdr does not fit the frame it came with."""
-
-
-class Offloads(enum.Flag):
-    """What a port can take unfinished (as negotiated with whatever is behind it)."""
-
-    NONE = 0
-    CSUM = enum.auto()
-    TSO4 = enum.auto()
-    TSO6 = enum.auto()
-    ECN = enum.auto()
 
 
 ALL = Offloads.CSUM | Offloads.TSO4 | Offloads.TSO6 | Offloads.ECN

@@ -2,13 +2,27 @@
 
 A vnet over LDC, a virtio-net queue pair and a tap uplink are all ports: the
 switch hands each of them frames through `transmit`, and they hand the switch
-what they receive through `Switch.receive(port, frame)`.
+what they receive through `Switch.receive(port, frame, now, hdr)`.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .tap import VirtioNetHdr
+
+
+class Offloads(enum.Flag):
+    """Unfinished frames a port can take (as negotiated with whatever is behind it)."""
+
+    NONE = 0
+    CSUM = enum.auto()
+    TSO4 = enum.auto()
+    TSO6 = enum.auto()
+    ECN = enum.auto()
 
 
 @dataclass
@@ -24,11 +38,19 @@ class PortConfig:
     vlans: frozenset[int] = field(default_factory=frozenset)
     #: The port understands 802.1Q tags (a vnet that negotiated 1.3+, a trunk uplink).
     tagged: bool = False
+    #: Checksum and segmentation work the far side does itself; the switch finishes
+    #: frames in software for a port that lacks what a frame needs.
+    offloads: Offloads = Offloads.NONE
 
 
 class Port(Protocol):
     config: PortConfig
 
-    def transmit(self, frame: bytes) -> None:
-        """Deliver a frame out of the switch to whatever is behind this port."""
+    def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
+        """Deliver a frame out of the switch to whatever is behind this port.
+
+        `hdr` (the frame's virtio_net_hdr) comes only with an unfinished frame,
+        and only to a port whose `config.offloads` cover what it needs; a port
+        without offloads is always called with the frame alone.
+        """
         ...

@@ -5,6 +5,12 @@ the switch hands frames out, synchronously and before `receive` returns,
 through each egress port's `transmit`. Time exists only as the `now` values
 callers pass, so tests can age entries with plain numbers.
 
+A frame may come unfinished, with the virtio_net_hdr that says what is left
+to do (checksum, TCP segmentation): `receive(port, frame, now, hdr)`. The
+steps below then judge its first segment, the first frame it will be on a
+wire; at egress a port whose `config.offloads` cover the work gets the whole
+frame with its header, any other port the finished frames (offload.py).
+
 One frame goes through four steps, and leaves each step either dropped (one
 reason, counted on the ingress port) or one step further:
 
@@ -22,7 +28,8 @@ reason, counted on the ingress port) or one step further:
 4. egress: per port, untagged if the VLAN is its PVID, tagged if the port is
    tagged and carries the VLAN, otherwise the port is not a member and is
    never chosen. A transmit that raises is counted on that port and logged;
-   the other ports still get the frame.
+   the other ports still get the frame. An unfinished frame is sent whole or
+   finished, as the port's offloads allow.
 
 Every counter lives here; see `PortCounters` for how they add up.
 """
@@ -32,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import BackendError, ConfigError, GuestError
 from .frames import (
@@ -53,7 +60,9 @@ from .frames import (
     tag,
     untag,
 )
-from .port import Port
+from .offload import check, finish, first_segment, needed
+from .port import Offloads, Port
+from .tap import VirtioNetHdr
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +177,37 @@ class _Entry:
     def __init__(self, member: _Member, seen: float) -> None:
         self.member = member
         self.seen = seen
+
+
+class _Unfinished:
+    """A frame whose checksum or segmentation is left to do, untagged, and what egress makes of it."""
+
+    __slots__ = ("_pieces", "hdr", "need", "plain")
+
+    def __init__(self, frame: bytes, hdr: VirtioNetHdr) -> None:
+        self.plain = frame
+        self.hdr = hdr
+        self.need = needed(hdr)
+        self._pieces: list[bytes] | None = None
+
+    def untag(self) -> None:
+        """Drop the frame's 802.1Q tag; the header's offsets move with the bytes."""
+        self.plain = untag(self.plain)
+        self.hdr = _shift(self.hdr, -TAG_LEN)
+
+    def whole(self, vlan: int, pcp: int) -> tuple[bytes, VirtioNetHdr]:
+        """The whole frame tagged for `vlan`, with its header to match."""
+        return tag(self.plain, vlan, pcp), _shift(self.hdr, TAG_LEN)
+
+    def pieces(self) -> list[bytes]:
+        """The finished (untagged) frames, made once for all ports that need them."""
+        if self._pieces is None:
+            self._pieces = finish(self.plain, self.hdr)
+        return self._pieces
+
+
+def _shift(hdr: VirtioNetHdr, by: int) -> VirtioNetHdr:
+    return replace(hdr, csum_start=hdr.csum_start + by, hdr_len=max(0, hdr.hdr_len + by))
 
 
 class Switch:
@@ -370,23 +410,36 @@ class Switch:
 
     # -- forwarding ----------------------------------------------------------
 
-    def receive(self, port: Port, frame: bytes | bytearray | memoryview, now: float) -> None:
-        """Switch one frame that `port` received from whatever is behind it."""
+    def receive(
+        self, port: Port, frame: bytes | bytearray | memoryview, now: float, hdr: VirtioNetHdr | None = None
+    ) -> None:
+        """Switch one frame that `port` received from whatever is behind it.
+
+        `hdr`: the frame's virtio_net_hdr, when checksum or segmentation may be
+        left to do. Counters and taps see the frame's first segment. Raises
+        OffloadError, before anything is counted, when the header does not fit
+        the frame.
+        """
         member = self._member(port)
         frame = bytes(frame)
+        unfinished = None
+        if hdr is not None and needed(hdr) != Offloads.NONE:
+            check(frame, hdr)
+            unfinished = _Unfinished(frame, hdr)
+            frame = first_segment(frame, hdr)
         counters = member.counters
         counters.rx_frames += 1
         counters.rx_bytes += len(frame)
         if member.taps:
             self._tap(member, RX, frame, now)
 
-        reason = self._forward(member, frame, now)
+        reason = self._forward(member, frame, now, unfinished)
         if reason is None:
             counters.forwarded += 1
         else:
             counters.drops[reason] += 1
 
-    def _forward(self, member: _Member, frame: bytes, now: float) -> str | None:
+    def _forward(self, member: _Member, frame: bytes, now: float, unfinished: _Unfinished | None) -> str | None:
         """Run the four steps; return the drop reason, or None once sent."""
         try:
             info = parse(frame)
@@ -435,7 +488,9 @@ class Switch:
                 return FLOOD_LIMIT
             self.stats.flooded += 1
 
-        self._emit(targets, frame, info.tagged, vlan, info.pcp, now)
+        if unfinished is not None and info.tagged:
+            unfinished.untag()
+        self._emit(targets, frame, info.tagged, vlan, info.pcp, now, unfinished)
         return None
 
     def _vlan_members(self, vlan: int, ingress: _Member) -> list[_Member]:
@@ -461,7 +516,16 @@ class Switch:
         member.tokens -= 1
         return True
 
-    def _emit(self, targets: list[_Member], frame: bytes, tagged_in: bool, vlan: int, pcp: int, now: float) -> None:
+    def _emit(
+        self,
+        targets: list[_Member],
+        frame: bytes,
+        tagged_in: bool,
+        vlan: int,
+        pcp: int,
+        now: float,
+        unfinished: _Unfinished | None,
+    ) -> None:
         plain = untag(frame) if tagged_in else frame
         tagged: bytes | None = None
         for out in targets:
@@ -481,7 +545,11 @@ class Switch:
                 counters.drops[TX_OVERSIZE] += 1
                 continue
             try:
-                out.port.transmit(data)
+                if unfinished is None:
+                    out.port.transmit(data)
+                    sent = [data]
+                else:
+                    sent = self._send_unfinished(out, unfinished, data, as_tagged, vlan, pcp)
             except Exception:
                 counters.drops[TX_ERROR] += 1
                 n = counters.drops[TX_ERROR]
@@ -490,10 +558,29 @@ class Switch:
                         "%s: transmit on port %s failed (%d so far)", self.name, out.name, n, exc_info=True
                     )
                 continue
-            counters.tx_frames += 1
-            counters.tx_bytes += len(data)
+            counters.tx_frames += len(sent)
+            counters.tx_bytes += sum(map(len, sent))
             if out.taps:
-                self._tap(out, TX, data, now)
+                for wire in sent:
+                    self._tap(out, TX, wire, now)
+
+    @staticmethod
+    def _send_unfinished(
+        out: _Member, unfinished: _Unfinished, first: bytes, as_tagged: bool, vlan: int, pcp: int
+    ) -> list[bytes]:
+        """Transmit an unfinished frame whole or finished, as `out` takes it; returns the wire frames
+        that stand for what was sent (`first`, its first segment as egress made it, for a whole frame)."""
+        port = out.port
+        if unfinished.need in port.config.offloads:
+            whole, hdr = unfinished.whole(vlan, pcp) if as_tagged else (unfinished.plain, unfinished.hdr)
+            port.transmit(whole, hdr)
+            return [first]
+        pieces = unfinished.pieces()
+        if as_tagged:
+            pieces = [tag(piece, vlan, pcp) for piece in pieces]
+        for piece in pieces:
+            port.transmit(piece)
+        return pieces
 
     def _member(self, port: Port) -> _Member:
         member = self._members.get(id(port))

@@ -7,7 +7,8 @@ on. It owns exactly what it created and takes exactly that down on `close()`.
 A `TapPort` makes the device a switch `Port`: an asyncio reader hands every
 frame the kernel sends us to the switch, and `transmit` writes frames into the
 kernel without ever blocking or raising into the switch (full queues and a
-downed link are counted drops, other failures counted errors).
+downed link are counted drops, other failures counted errors). With vnet
+headers and `offloads` it carries unfinished frames (checksum, TSO) both ways.
 
 Theory of operation, for the bits that are not obvious:
 
@@ -19,9 +20,14 @@ Theory of operation, for the bits that are not obvious:
 - With `vnet_hdr`, every read and write carries a virtio_net_hdr (10 bytes, or
   12 with num_buffers) in front of the frame, little-endian as in virtio 1.0.
   The device passes those bytes through untouched; `VirtioNetHdr` decodes
-  them. We never enable offloads (TUNSETOFFLOAD), so the kernel always sends
-  a header with no checksum or GSO work in it; `TapPort` checks that and
-  writes a zero header in front of what the switch transmits.
+  them. TUNSETOFFLOAD says which unfinished frames the kernel may hand us
+  (TUN_F_CSUM: partial checksums; TUN_F_TSO4/6: TCP frames up to 64 KiB;
+  TUN_F_TSO_ECN: those with CWR); its argument is the flag word itself, not
+  a pointer. A `TapPort` with `offloads` sets them and passes such frames,
+  with their header, to the switch; without offloads the kernel owes us
+  finished frames, and a header with work in it is counted an error. Writes
+  need no promise: the kernel takes a GSO frame whenever its header
+  describes it, so the switch hands an offloading tap large frames whole.
 - pyroute2's synchronous IPRoute runs its own asyncio loop, which cannot run in
   a thread whose loop is already running; netlink calls made from inside our
   loop therefore run in a short-lived worker thread (set-up and tear-down
@@ -44,8 +50,8 @@ from typing import Any, Self, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..errors import ConfigError
-from .port import PortConfig
+from ..errors import ConfigError, GuestError
+from .port import Offloads, PortConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 TUNSETSNDBUF = 0x400454D4  # _IOW('T', 212, int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
 TUNSETVNETLE = 0x400454DC  # _IOW('T', 220, int)
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -81,6 +89,8 @@ ETH_HEADER = 14
 _DROP_ERRNOS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EIO})
 # Errors on read meaning the tap is gone (deleted under us, or closed).
 _GONE_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV})
+
+_TUN_OFFLOADS = {Offloads.CSUM: TUN_F_CSUM, Offloads.TSO4: TUN_F_TSO4, Offloads.TSO6: TUN_F_TSO6, Offloads.ECN: TUN_F_TSO_ECN}
 
 T = TypeVar("T")
 
@@ -366,6 +376,19 @@ class TapDevice:
         return f"<TapDevice {self.name} index={self.index} bridge={self.bridge} {state}>"
 
 
+def set_tap_offloads(device: TapDevice, offloads: Offloads) -> None:
+    """TUNSETOFFLOAD: which unfinished frames the kernel may hand us (TSO needs CSUM)."""
+    if device.vnet_hdr_size != VIRTIO_NET_HDR_SIZE:
+        raise ConfigError(f"{device.name}: offloads need a tap opened with a {VIRTIO_NET_HDR_SIZE}-byte vnet header")
+    if offloads & (Offloads.TSO4 | Offloads.TSO6 | Offloads.ECN) and not offloads & Offloads.CSUM:
+        raise ConfigError("segmentation offloads need checksum offload too")
+    flags = 0
+    for offload, bit in _TUN_OFFLOADS.items():
+        if offloads & offload:
+            flags |= bit
+    fcntl.ioctl(device.fileno(), TUNSETOFFLOAD, flags)
+
+
 @dataclass
 class TapCounters:
     rx_frames: int = 0
@@ -376,25 +399,40 @@ class TapCounters:
     tx_dropped: int = 0
     #: Everything else that went wrong: failed reads/writes, bad headers, on_frame raising.
     errors: int = 0
+    #: GSO frames received whole from the kernel / written whole to it (also in rx/tx_frames).
+    rx_gso: int = 0
+    tx_gso: int = 0
+
+
+#: Takes each frame the kernel sends us (the switch's receive): `on_frame(frame)`, or
+#: `on_frame(frame, hdr)` for an unfinished frame, which only a tap with offloads passes on.
+OnFrame = Callable[..., None]
 
 
 class TapPort:
-    """A switch Port over a TapDevice: frames in through an asyncio reader, out through transmit()."""
+    """A switch Port over a TapDevice: frames in through an asyncio reader, out through transmit().
 
-    def __init__(self, device: TapDevice, config: PortConfig | None = None) -> None:
+    `offloads` (on a tap with a 10-byte vnet header) are set with
+    TUNSETOFFLOAD and become `config.offloads`.
+    """
+
+    def __init__(self, device: TapDevice, config: PortConfig | None = None, *, offloads: Offloads = Offloads.NONE) -> None:
+        if offloads:
+            set_tap_offloads(device, offloads)
         self.device = device
         self.config = config if config is not None else PortConfig(name=device.name, mtu=device.mtu)
+        self.config.offloads = offloads
         self.counters = TapCounters()
         self._hdr = device.vnet_hdr_size
         self._zero_hdr = VirtioNetHdr().pack(self._hdr) if self._hdr else b""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_frame: Callable[[bytes], None] | None = None
+        self._on_frame: OnFrame | None = None
 
     @property
     def attached(self) -> bool:
         return self._loop is not None
 
-    def attach(self, loop: asyncio.AbstractEventLoop, on_frame: Callable[[bytes], None]) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, on_frame: OnFrame) -> None:
         """Start handing every frame the kernel sends us to on_frame (the switch's receive)."""
         if self._loop is not None:
             raise RuntimeError(f"{self.config.name} is already attached")
@@ -430,32 +468,50 @@ class TapPort:
                 return
             if data is None:
                 return
-            frame = data
+            frame, hdr = data, None
             if self._hdr:
-                if len(data) < self._hdr or not VirtioNetHdr.unpack(data, self._hdr).is_plain:
+                if len(data) < self._hdr:
+                    self.counters.errors += 1
+                    continue
+                hdr = VirtioNetHdr.unpack(data, self._hdr)
+                if hdr.is_plain:
+                    hdr = None
+                elif not self.config.offloads:
                     self.counters.errors += 1  # no offloads were enabled, so the kernel broke its word
                     continue
                 frame = data[self._hdr :]
             self.counters.rx_frames += 1
             self.counters.rx_bytes += len(frame)
+            self.counters.rx_gso += hdr is not None and hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE
             on_frame = self._on_frame
             if on_frame is None:
                 return
             try:
-                on_frame(frame)
+                if hdr is None:
+                    on_frame(frame)
+                else:
+                    on_frame(frame, hdr)
+            except GuestError as e:
+                self.counters.errors += 1
+                log.debug("%s: frame from the kernel refused: %s", self.config.name, e)
             except Exception:
                 self.counters.errors += 1
                 log.exception("%s: the switch failed on a received frame", self.config.name)
             if self._loop is None:
                 return  # on_frame detached or closed us
 
-    def transmit(self, frame: bytes) -> None:
-        """Write one frame to the kernel; drops and errors are counted, never raised into the switch."""
+    def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
+        """Write one frame (behind its header, if unfinished) to the kernel; drops and errors are
+        counted, never raised into the switch."""
         if self.device.closed:
             self.counters.errors += 1
             return
+        if not self._hdr:
+            data = frame
+        else:
+            data = (self._zero_hdr if hdr is None else hdr.pack(self._hdr)) + frame
         try:
-            self.device.write(self._zero_hdr + frame if self._hdr else frame)
+            self.device.write(data)
         except OSError as e:
             if e.errno in _DROP_ERRNOS:
                 self.counters.tx_dropped += 1
@@ -465,3 +521,4 @@ class TapPort:
             return
         self.counters.tx_frames += 1
         self.counters.tx_bytes += len(frame)
+        self.counters.tx_gso += hdr is not None and hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE

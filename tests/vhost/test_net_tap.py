@@ -18,11 +18,10 @@ import pytest
 
 from backend.vswitch import offload
 from backend.vswitch.netns import add_netns_host, unique_name
-from backend.vswitch.offload_ports import switch_offloaded
+from backend.vswitch.offload import ALL
 from backend.vswitch.packets import arp, icmp_echo, parse_arp, parse_icmp
 from backend.vswitch.port import PortConfig
-from backend.vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice
-from backend.vswitch.tap_offload import OffloadTapPort
+from backend.vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, TapPort
 
 from .net_driver import NetGuest
 from .net_packets import TCP_ACK, TCP_PSH, TCP_SYN, gso_header, parse_tcp, tcp_frame
@@ -40,15 +39,15 @@ def uplinked(tmp_path):
     bridge = unique_name("vbr")
     tap = world.lt.call(lambda: TapDevice(unique_name("vtap"), bridge=bridge, create_bridge=True, vnet_hdr=True,
                                           vnet_hdr_size=VIRTIO_NET_HDR_SIZE))
-    port: OffloadTapPort | None = None
+    port: TapPort | None = None
     host = None
     try:
-        port = OffloadTapPort(tap, PortConfig(tap.name))
+        port = TapPort(tap, PortConfig(tap.name), offloads=ALL)
 
         def attach() -> None:
             world.switch.attach(port, uplink=True)
             assert port is not None
-            port.attach(world.lt.loop, lambda frame, hdr: switch_offloaded(world.switch, port, frame, hdr, time.monotonic()))
+            port.attach(world.lt.loop, lambda frame, hdr=None: world.switch.receive(port, frame, time.monotonic(), hdr))
 
         world.lt.call(attach)
         host = add_netns_host(bridge, f"{HOST_IP}/24")
@@ -138,7 +137,7 @@ def test_a_64k_tso_frame_from_the_guest_reaches_a_namespace_socket_as_a_stream(u
         assert out.split() == [str(want), hashlib.sha256(payload).hexdigest()], err
     finally:
         receiver.kill()
-    assert device.counters.tx_gso == 1 and port.tx_gso == 1  # one 60 KB write into the kernel
+    assert device.counters.tx_gso == 1 and port.counters.tx_gso == 1  # one 60 KB write into the kernel
 
 
 SENDER = textwrap.dedent("""
@@ -169,4 +168,4 @@ def test_large_frames_from_the_host_reach_the_guest_with_gso_and_csum_offload(up
     start = (segments[0]["seq"] - syn["seq"] - 1) & 0xFFFFFFFF
     stream = (bytes(range(256)) * 400)[start:]
     assert b"".join(s["payload"] for s in segments) == stream[: len(data) - 54]
-    assert port.rx_gso >= 1 and device.counters.rx_gso >= 1
+    assert port.counters.rx_gso >= 1 and device.counters.rx_gso >= 1

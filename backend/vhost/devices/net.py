@@ -9,9 +9,10 @@ always lands on the same receive queue.
 Every buffer starts with a virtio_net_hdr: 12 bytes with VERSION_1 (or
 MRG_RXBUF), 10 for a legacy driver. Its offload requests (NEEDS_CSUM, GSO
 TCPV4/TCPV6, ECN) travel through the switch with the frame
-(offload_ports.py): a 64 KiB TSO frame reaches a tap uplink or another
-virtio-net guest whole, and is finished in software for a port that cannot
-take it. With MRG_RXBUF one frame fills as many receive chains as it needs
+(`Switch.receive(..., hdr)`): a 64 KiB TSO frame reaches a tap uplink or
+another virtio-net guest whole, and is finished in software for a port that
+cannot take it. What this guest takes unfinished (its negotiated receive
+offloads) is its port's `config.offloads`. With MRG_RXBUF one frame fills as many receive chains as it needs
 and num_buffers says how many.
 
 Receive is the device's own initiative (a frame arrives from the switch), so
@@ -32,9 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import ConfigError
-from ...vswitch.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6, OffloadError, Offloads
-from ...vswitch.offload_ports import deliver, switch_offloaded
-from ...vswitch.port import PortConfig
+from ...vswitch.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6, OffloadError
+from ...vswitch.port import Offloads, PortConfig
 from ...vswitch.switch import Switch
 from ...vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from ..constants import VIRTIO_F_VERSION_1, ProtocolFeature
@@ -98,18 +98,15 @@ class NetCounters:
 
 
 class NetPort:
-    """The device's face toward the switch (an OffloadPort): `config` there is the port's
+    """The device's face toward the switch: `config` there is the port's
     switching policy, while VirtioDevice.config() is the virtio config space."""
 
     def __init__(self, device: NetDevice, config: PortConfig) -> None:
         self.device = device
         self.config = config
 
-    def transmit(self, frame: bytes) -> None:
-        self.device.transmit(frame)
-
-    def offloads(self) -> Offloads:
-        return self.device.offloads()
+    def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
+        self.device.transmit(frame, hdr)
 
 
 class NetDevice(VirtioDevice):
@@ -141,6 +138,7 @@ class NetDevice(VirtioDevice):
         self._hdr_size = HDR_V1
         self._rx: dict[int, ServedQueue] = {}
         self._backlog: deque[bytes] = deque()
+        port_config.offloads = Offloads.NONE  # until the driver negotiates receive offloads
         switch.attach(self.port)
 
     # ---- the seam -------------------------------------------------------------------
@@ -157,6 +155,7 @@ class NetDevice(VirtioDevice):
     def set_features(self, features: int) -> None:
         self._negotiated = features
         self._hdr_size = HDR_V1 if features & (VIRTIO_F_VERSION_1 | F_MRG_RXBUF) else HDR_LEGACY
+        self.port.config.offloads = _guest_offloads(features)
 
     def config(self) -> bytes:
         status = S_LINK_UP if self.link_up else 0
@@ -164,6 +163,7 @@ class NetDevice(VirtioDevice):
 
     def reset(self) -> None:
         self._negotiated = 0
+        self.port.config.offloads = Offloads.NONE
         self._hdr_size = HDR_V1
         self._rx.clear()
         self._backlog.clear()
@@ -181,20 +181,12 @@ class NetDevice(VirtioDevice):
 
     # ---- port side ------------------------------------------------------------------
 
-    def offloads(self) -> Offloads:
-        """What this guest takes unfinished: the receive offloads it negotiated."""
-        taken = Offloads.NONE
-        for bit, offload in _GUEST_OFFLOADS:
-            if self._negotiated & bit:
-                taken |= offload
-        return taken
-
-    def transmit(self, frame: bytes) -> None:
-        """A frame from the switch for the guest (whole, with its header, when carried and negotiated)."""
+    def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
+        """A frame from the switch for the guest (unfinished, with its header, only as negotiated)."""
         if not self.link_up:
             self.counters.rx_link_down += 1
             return
-        deliver(frame, self.offloads(), self._to_guest)
+        self._to_guest(frame, hdr)
 
     def set_link(self, up: bool) -> None:
         """Link status as the config space reports it; a down link drops frames both ways.
@@ -234,7 +226,7 @@ class NetDevice(VirtioDevice):
             log.debug("virtio-net %s: header %s asks for an offload not negotiated", self.name, hdr)
             return
         try:
-            switch_offloaded(self.switch, self.port, frame, hdr, self._clock())
+            self.switch.receive(self.port, frame, self._clock(), hdr)
         except OffloadError as exc:
             counters.tx_bad_header += 1
             log.debug("virtio-net %s: %s", self.name, exc)
@@ -316,6 +308,15 @@ class NetDevice(VirtioDevice):
             return next(iter(self._rx.values()), None)
         queues = sorted(self._rx)
         return self._rx[queues[hash(_flow_key(data[self._hdr_size :])) % len(queues)]]
+
+
+def _guest_offloads(features: int) -> Offloads:
+    """What a guest takes unfinished: the receive offloads it negotiated."""
+    taken = Offloads.NONE
+    for bit, offload in _GUEST_OFFLOADS:
+        if features & bit:
+            taken |= offload
+    return taken
 
 
 def _flow_key(frame: bytes) -> bytes:
