@@ -7,15 +7,13 @@ and returns how to take the service off it again.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import itertools
 from collections.abc import Callable
 
 from ...ds.agent import DsAgent, LdcPortChannel
 from ...ldc.constants import Mode
-from ...vdisk.server import Export, VdsDevice
-from ...vio.aio import VioEndpoint
+from ...vdisk.serve import serve_export
+from ...vdisk.server import Export
 from ...vswitch.port import PortConfig
 from ...vswitch.switch import Switch
 from ...vswitch.vnet_port import VnetPort
@@ -31,28 +29,8 @@ def vdisk(channel_id: int, export: Export, name: str = "") -> ChannelSpec:
     """A vds export: the guest's vdc reads and writes `export` through its own memory."""
 
     def attach(ldc: QueueEndpoint) -> Callable[[], None]:
-        loop = asyncio.get_running_loop()
-        # One I/O thread per channel, as DiskServer has per client: requests run in
-        # order (FLUSH is a barrier) and the event loop never waits for the disk.
-        thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ldc-vds-{channel_id}")
-        holder: list[VioEndpoint] = []
-
-        def runner(work: Callable[[], list[int]], done: Callable[[list[int]], None]) -> None:
-            def back(future: asyncio.Future[list[int]]) -> None:
-                done(future.result())
-                holder[0].pump()
-
-            loop.run_in_executor(thread, work).add_done_callback(back)
-
-        device = VdsDevice(export, runner)
-        holder.append(VioEndpoint(ldc, device))  # type: ignore[arg-type]
-        _open(ldc)
-
-        def detach() -> None:
-            thread.shutdown(wait=False)
-            device.access.close()  # connection loss clears reservations (seed 1.1.6.17)
-
-        return detach
+        _, stop = serve_export(export, ldc, thread_name=f"ldc-vds-{channel_id}")
+        return stop
 
     return ChannelSpec(ChannelInfo(channel_id, Service.VDISK, Mode.UNRELIABLE, SMALL_POOL), attach, name)
 
