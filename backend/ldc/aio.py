@@ -195,16 +195,19 @@ def _fds_from(ancdata: list) -> list[int]:
 
 
 class SocketServer:
-    """Accepts SOCK_SEQPACKET connections on a Unix socket; each goes to `on_connection`."""
+    """Accepts connections on a Unix socket (SOCK_SEQPACKET unless `kind` says); each goes to `on_connection`."""
 
-    def __init__(self, path: str, on_connection: Callable[[socket.socket], None]) -> None:
+    def __init__(self, path: str, on_connection: Callable[[socket.socket], None], *,
+                 kind: socket.SocketKind = socket.SOCK_SEQPACKET, backlog: int = 8) -> None:
         self.path = path
         self._on_connection = on_connection
+        self._kind = kind
+        self._backlog = backlog
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._listener = listen(self.path)
+        self._listener = listen(self.path, kind=self._kind, backlog=self._backlog)
         self._listener.setblocking(False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
 
@@ -233,11 +236,11 @@ class SocketServer:
             self._listener = None
 
 
-def listen(path: str) -> socket.socket:
-    """A SOCK_SEQPACKET listener at `path` (replacing a stale socket file)."""
+def listen(path: str, *, kind: socket.SocketKind = socket.SOCK_SEQPACKET, backlog: int = 8) -> socket.socket:
+    """A Unix listener at `path` (replacing a stale socket file)."""
     if os.path.exists(path):
         os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock = socket.socket(socket.AF_UNIX, kind)
     sock.bind(path)
-    sock.listen(8)
+    sock.listen(backlog)
     return sock

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import ProtocolError
+from ..ldc.aio import SocketServer
 from .constants import MAX_FDS
 from .device import VirtioDevice
 from .iotlb import IotlbMiss
@@ -424,40 +425,22 @@ class VhostUserServer:
         self.iommu = iommu
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix=f"vhost-io-{os.path.basename(path)}")
         self.connection: Connection | None = None
-        self._listener: socket.socket | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server = SocketServer(path, self._accept, kind=socket.SOCK_STREAM, backlog=1)
 
     async def start(self) -> None:
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.path)
-        self._listener.listen(1)
-        self._listener.setblocking(False)
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        await self._server.start()
 
-    async def _serve(self) -> None:
-        assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(self._listener)
-            except OSError:
-                return
-            if self.connection is not None and not self.connection.closed:
-                log.warning("%s: a second front-end tried to connect; refused", self.path)
-                sock.close()
-                continue
-            log.info("%s: front-end connected", self.path)
-            self.device.reset()
-            self.connection = Connection(sock, self.device, self.executor, iommu=self.iommu)
+    def _accept(self, sock: socket.socket) -> None:
+        if self.connection is not None and not self.connection.closed:
+            log.warning("%s: a second front-end tried to connect; refused", self.path)
+            sock.close()
+            return
+        log.info("%s: front-end connected", self.path)
+        self.device.reset()
+        self.connection = Connection(sock, self.device, self.executor, iommu=self.iommu)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._server.close()
         if self.connection is not None:
             self.connection.close()
         self.executor.shutdown(wait=True)
