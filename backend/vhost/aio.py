@@ -436,6 +436,8 @@ class VhostUserServer:
             sock.close()
             return
         log.info("%s: front-end connected", self.path)
+        # The previous connection is closed: close() ran to its end synchronously, so every
+        # queue stop it had to report reached the device before this reset, never after.
         self.device.reset()
         self.connection = Connection(sock, self.device, self.executor, iommu=self.iommu)
 

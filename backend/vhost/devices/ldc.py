@@ -16,7 +16,6 @@ are the core's business (NEEDS_RESET for the device).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 from collections.abc import Callable
@@ -88,7 +87,6 @@ class _Channel:
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._buffers: collections.deque[tuple[ServedQueue, DescriptorChain]] = collections.deque()
-        self.queues: dict[int, ServedQueue] = {}  # the runner last seen serving each of our queues
 
     # ---- RecordLink ---------------------------------------------------------------------
 
@@ -113,14 +111,12 @@ class _Channel:
 
     def take_buffers(self, queue: ServedQueue) -> None:
         """Hold every buffer the driver posted; they are filled as records arrive."""
-        self.queues[queue.index] = queue
         self.ensure_endpoint()
         while (chain := queue.pop()) is not None:
             self._buffers.append((queue, chain))
         self._fill()
 
     def take_records(self, queue: ServedQueue) -> None:
-        self.queues[queue.index] = queue
         endpoint = self.ensure_endpoint()
         while (chain := queue.pop()) is not None:
             views = chain.readable
@@ -145,17 +141,14 @@ class _Channel:
         if self.endpoint is not None:
             self.endpoint.drained()
 
-    def queue_gone(self, index: int) -> None:
-        """A queue stopped: if it is the one serving us, the peer is gone (see LdcDevice.queue_stopped)."""
-        queue = self.queues.get(index)
-        if queue is not None and _stopped(queue):
-            del self.queues[index]
-            self.stop(f"queue {index} stopped")
+    def stop(self, reason: str, stopped_queue: int | None = None) -> None:
+        """The peer is gone: the service sees the link vanish and is detached.
 
-    def stop(self, reason: str) -> None:
-        """The peer is gone: the service sees the link vanish and is detached."""
-        # A stopped ring's buffers are no longer ours to fill; a running one's stay held.
-        self._buffers = collections.deque(item for item in self._buffers if not _stopped(item[0]))
+        A stopped ring's buffers are no longer ours to fill; when only `stopped_queue`
+        stopped, the other ring's buffers stay held (None: every ring stopped).
+        """
+        self._buffers = collections.deque(item for item in self._buffers
+                                          if stopped_queue is not None and item[0].index != stopped_queue)
         self._pending.clear()
         self._pending_bytes = 0
         endpoint, detach = self.endpoint, self._detach
@@ -164,11 +157,6 @@ class _Channel:
             endpoint.link_lost(reason)
         if detach is not None:
             detach()
-
-
-def _stopped(queue: ServedQueue) -> bool:
-    """Whether the core stopped this runner (QueueRunner.stopped; not part of the ServedQueue seam)."""
-    return bool(getattr(queue, "stopped", True))
 
 
 class _Scatter:
@@ -227,14 +215,10 @@ class LdcDevice(VirtioDevice):
             channel.take_buffers(queue)
 
     def queue_stopped(self, index: int) -> None:
-        # Decided a moment later, for two reasons in the core (vhost/aio.py): within a
-        # connection, the runner is stopped only after this call; and a front-end's
-        # connection may finish closing after the next front-end's connection reset the
-        # device, so this call can be about a queue of the previous front-end. Only a
-        # stop of the runner that serves us now ends the channel.
-        asyncio.get_running_loop().call_soon(self.channels[index // 2].queue_gone, index)
+        # Always about the current front-end: the core finishes closing a connection
+        # (every stop reported) before it resets the device for the next one.
+        self.channels[index // 2].stop(f"queue {index} stopped", index)
 
     def reset(self) -> None:
         for channel in self.channels:
-            channel.queues.clear()
             channel.stop("device reset")
