@@ -109,7 +109,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def _uplink(switch, args: argparse.Namespace, offloads):
     """The tap uplink (with vnet headers and TUNSETOFFLOAD) as an offload-carrying switch port; returns its closer."""
-    from ..vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, TapPort
+    from ..vswitch.tap import TapDevice, TapPort
+    from ..vswitch.vnet_hdr import VIRTIO_NET_HDR_SIZE
 
     device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge),
                        vnet_hdr=True, vnet_hdr_size=VIRTIO_NET_HDR_SIZE)

@@ -20,7 +20,7 @@ import struct
 
 from ..errors import GuestError
 from .port import Offloads
-from .tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VirtioNetHdr
+from .vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VirtioNetHdr
 
 # gso_type values of struct virtio_net_hdr (<linux/virtio_net.h>)
 GSO_TCPV4 = 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .tap import VirtioNetHdr
+    from .vnet_hdr import VirtioNetHdr
 
 
 class Offloads(enum.Flag):

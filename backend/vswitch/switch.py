@@ -62,7 +62,7 @@ from .frames import (
 )
 from .offload import check, finish, first_segment, needed
 from .port import Offloads, Port
-from .tap import VirtioNetHdr
+from .vnet_hdr import VirtioNetHdr
 
 log = logging.getLogger(__name__)
 

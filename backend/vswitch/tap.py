@@ -52,6 +52,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, GuestError
 from .port import Offloads, PortConfig
+from .vnet_hdr import VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_SIZE, VirtioNetHdr, check_hdr_size
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,6 @@ IFF_TUN_EXCL = 0x8000
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, union padding (40 bytes)
 
-# <linux/virtio_net.h>
-VIRTIO_NET_HDR_SIZE = 10  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
-VIRTIO_NET_HDR_MRG_RXBUF_SIZE = 12  # ... + num_buffers
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_F_DATA_VALID = 2
-VIRTIO_NET_HDR_GSO_NONE = 0
-_VNET_HDR = struct.Struct("<BBHHHH")
-_NUM_BUFFERS = struct.Struct("<H")
-
 READ_BUFFER = 65536  # largest frame a tap can hand us (64 KiB, GSO included)
 FRAMES_PER_WAKEUP = 256  # then yield to the loop; the reader is level-triggered
 
@@ -93,46 +85,6 @@ _GONE_ERRNOS = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV})
 _TUN_OFFLOADS = {Offloads.CSUM: TUN_F_CSUM, Offloads.TSO4: TUN_F_TSO4, Offloads.TSO6: TUN_F_TSO6, Offloads.ECN: TUN_F_TSO_ECN}
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class VirtioNetHdr:
-    """struct virtio_net_hdr(_mrg_rxbuf), little-endian as virtio 1.0 lays it out."""
-
-    flags: int = 0
-    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
-    hdr_len: int = 0
-    gso_size: int = 0
-    csum_start: int = 0
-    csum_offset: int = 0
-    #: Only in the 12-byte form; tun never writes it (we read it as 0).
-    num_buffers: int = 0
-
-    @classmethod
-    def unpack(cls, data: bytes | memoryview, size: int = VIRTIO_NET_HDR_SIZE) -> VirtioNetHdr:
-        _check_hdr_size(size)
-        if len(data) < size:
-            raise ValueError(f"virtio_net_hdr needs {size} bytes, got {len(data)}")
-        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET_HDR.unpack_from(data, 0)
-        num_buffers = _NUM_BUFFERS.unpack_from(data, 10)[0] if size == VIRTIO_NET_HDR_MRG_RXBUF_SIZE else 0
-        return cls(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers)
-
-    def pack(self, size: int = VIRTIO_NET_HDR_SIZE) -> bytes:
-        _check_hdr_size(size)
-        head = _VNET_HDR.pack(
-            self.flags, self.gso_type, self.hdr_len, self.gso_size, self.csum_start, self.csum_offset
-        )
-        return head + _NUM_BUFFERS.pack(self.num_buffers) if size == VIRTIO_NET_HDR_MRG_RXBUF_SIZE else head
-
-    @property
-    def is_plain(self) -> bool:
-        """No checksum to finish and no segmentation to do: the frame is complete as is."""
-        return not (self.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) and self.gso_type == VIRTIO_NET_HDR_GSO_NONE
-
-
-def _check_hdr_size(size: int) -> None:
-    if size not in (VIRTIO_NET_HDR_SIZE, VIRTIO_NET_HDR_MRG_RXBUF_SIZE):
-        raise ConfigError(f"virtio_net_hdr size must be 10 or 12, not {size}")
 
 
 def check_ifname(name: str, what: str = "interface") -> None:
@@ -215,7 +167,7 @@ class TapDevice:
         elif create_bridge:
             raise ConfigError("create_bridge needs a bridge name")
         if vnet_hdr:
-            _check_hdr_size(vnet_hdr_size)
+            check_hdr_size(vnet_hdr_size)
         if sndbuf is not None and sndbuf <= 0:
             raise ConfigError(f"sndbuf must be positive, not {sndbuf}")
         self._vnet_hdr_size = vnet_hdr_size if vnet_hdr else 0

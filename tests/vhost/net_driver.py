@@ -18,7 +18,7 @@ from backend.vhost.aio import VhostUserServer
 from backend.vhost.devices.net import HDR_V1, NUM_BUFFERS
 from backend.vhost.driver import Buffer
 from backend.vhost.frontend import VirtioGuest
-from backend.vswitch.tap import VirtioNetHdr
+from backend.vswitch.vnet_hdr import VirtioNetHdr
 
 T = TypeVar("T")
 RX, TX = 0, 1

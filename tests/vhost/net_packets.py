@@ -6,7 +6,7 @@ import socket
 import struct
 
 from backend.vswitch.offload import GSO_TCPV4, GSO_TCPV6, checksum, fold, ones_sum
-from backend.vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 
 TCP_SYN, TCP_ACK, TCP_PSH, TCP_FIN = 0x02, 0x10, 0x08, 0x01
 

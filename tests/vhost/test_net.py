@@ -18,7 +18,7 @@ from backend.vswitch.offload import GSO_TCPV4
 from backend.vswitch.packets import arp, icmp_echo, parse_arp, parse_icmp
 from backend.vswitch.port import PortConfig
 from backend.vswitch.switch import Switch
-from backend.vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from backend.vswitch.vnet_port import SwitchServer, VnetClient
 
 from .net_driver import LoopThread, NetGuest

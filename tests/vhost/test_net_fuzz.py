@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from backend.vhost.constants import DeviceStatus
 from backend.vswitch.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6
-from backend.vswitch.tap import VirtioNetHdr
+from backend.vswitch.vnet_hdr import VirtioNetHdr
 
 from .net_packets import TCP_ACK, tcp_frame
 from .test_net import World, mac

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from backend.vswitch import offload
 from backend.vswitch.offload import GSO_ECN, OffloadError, Offloads
-from backend.vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 
 from .net_packets import TCP_ACK, TCP_FIN, TCP_PSH, gso_header, parse_tcp, tcp_frame
 

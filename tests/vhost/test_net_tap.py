@@ -21,7 +21,8 @@ from backend.vswitch.netns import add_netns_host, unique_name
 from backend.vswitch.offload import ALL
 from backend.vswitch.packets import arp, icmp_echo, parse_arp, parse_icmp
 from backend.vswitch.port import PortConfig
-from backend.vswitch.tap import VIRTIO_NET_HDR_SIZE, TapDevice, TapPort
+from backend.vswitch.tap import TapDevice, TapPort
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_SIZE
 
 from .net_driver import NetGuest
 from .net_packets import TCP_ACK, TCP_PSH, TCP_SYN, gso_header, parse_tcp, tcp_frame

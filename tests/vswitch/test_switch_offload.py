@@ -8,7 +8,7 @@ from backend.vswitch import offload
 from backend.vswitch.frames import parse, tag
 from backend.vswitch.port import Offloads, PortConfig
 from backend.vswitch.switch import TX_OVERSIZE, Switch
-from backend.vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from tests.vhost.net_packets import gso_header, parse_tcp, tcp_frame
 
 A, B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

@@ -26,14 +26,8 @@ from pyroute2 import IPRoute, netns
 from backend.errors import ConfigError
 from backend.vswitch.netns import NetnsHost, add_netns_host, unique_name
 from backend.vswitch.port import Port, PortConfig
-from backend.vswitch.tap import (
-    VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    TapDevice,
-    TapPort,
-    VirtioNetHdr,
-    link_info,
-    netlink,
-)
+from backend.vswitch.tap import TapDevice, TapPort, link_info, netlink
+from backend.vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 
 IFF_UP = 0x1
 OUR_MAC = "02:00:5e:10:00:01"

@@ -36,7 +36,7 @@ from ...errors import ConfigError
 from ...vswitch.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6, OffloadError
 from ...vswitch.port import Offloads, PortConfig
 from ...vswitch.switch import Switch
-from ...vswitch.tap import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
+from ...vswitch.vnet_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from ..constants import VIRTIO_F_VERSION_1, ProtocolFeature
 from ..device import ServedQueue, VirtioDevice
 from ..virtqueue import DescriptorChain
