@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -17,10 +18,16 @@ from backend.ds import libds  # noqa: E402
 
 
 def provider(svc_id: str, versions: str) -> None:
+    # callbacks run on the library's thread and may come before ds_svc_reg returns: they
+    # print after its result, so the output's order is fixed
+    reported = threading.Event()
+
     def registered(hdl: int, arg: object, version: tuple[int, int], dhdl: int) -> None:
+        reported.wait()
         print(f"registered {hdl:#x} {version[0]}.{version[1]} {dhdl}", flush=True)
 
     def unregistered(hdl: int, arg: object) -> None:
+        reported.wait()
         print(f"unregistered {hdl:#x}", flush=True)
 
     def data(hdl: int, arg: object, payload: bytes) -> None:
@@ -29,6 +36,7 @@ def provider(svc_id: str, versions: str) -> None:
     vers = [tuple(int(x) for x in v.split(".")) for v in versions.split(",")]
     result = libds.ds_svc_reg(libds.Capability(svc_id, vers), libds.Ops(registered, unregistered, data))
     print(f"svc_reg {result}", flush=True)
+    reported.set()
     sys.stdin.read()
     libds.ds_fini()
 

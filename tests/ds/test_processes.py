@@ -133,10 +133,13 @@ def test_reregistration_gives_a_new_handle_and_the_old_one_is_stale(domains) -> 
     first = Provider(guest, "svc")
     old = _poll(lib, "svc", True)
     first.stop()  # the provider's process ends: its registration goes, the peer sees UNREG
+    deadline = time.monotonic() + 20
+    while lib.ds_isready(old) != (errno.ENXIO, False):  # the UNREG crosses two agents and LDC
+        assert time.monotonic() < deadline, "the old handle never went stale"
+        time.sleep(0.01)
     second = Provider(guest, "svc")
     new = _poll(lib, "svc", True)
     assert new != old
-    assert lib.ds_isready(old) == (errno.ENXIO, False)
     assert lib.ds_send_msg(old, b"x") == errno.ENXIO
     assert lib.ds_send_msg(new, b"x") == 0
     second.stop()
