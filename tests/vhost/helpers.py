@@ -6,9 +6,13 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from backend.vdisk.devid import DeviceId
+from backend.vdisk.engine import DiskEngine
 from backend.vhost.aio import VhostUserServer
 from backend.vhost.device import VirtioDevice
+from backend.vhost.devices import blk
 from backend.vhost.devices.blk import REQUEST_HEADER
 from backend.vhost.frontend import VirtioGuest
 
@@ -63,3 +67,17 @@ def blk_request(guest: VirtioGuest, queue: int, kind: int, sector: int, *, data:
 
 
 __all__ = ["blk_request", "serving"]
+
+
+@contextmanager
+def two_blk_disks(folder: Path) -> Iterator[tuple[list[str], list[str], dict[str, VhostUserServer]]]:
+    """Two 1 MiB virtio-blk disks served in one loop: (sockets, image paths, servers)."""
+    paths = []
+    for name in ("a", "b"):
+        path = folder / f"{name}.img"
+        path.write_bytes(bytes(1 << 20))
+        paths.append(str(path))
+    socks = [str(folder / "a.sock"), str(folder / "b.sock")]
+    devices = {sock: blk.BlockDevice(DiskEngine(path), DeviceId(3, b"x" * 16)) for sock, path in zip(socks, paths)}
+    with serving(devices) as servers:
+        yield socks, paths, servers

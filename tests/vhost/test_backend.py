@@ -7,8 +7,6 @@ import socket
 import pytest
 
 from backend.errors import ProtocolError
-from backend.vdisk.devid import DeviceId
-from backend.vdisk.engine import DiskEngine
 from backend.vhost.constants import (
     VIRTIO_F_ACCESS_PLATFORM,
     VRING_DESC_F_NEXT,
@@ -20,21 +18,14 @@ from backend.vhost.devices import blk
 from backend.vhost.frontend import VirtioGuest
 from backend.vhost.messages import VringState, decode_u64
 
-from .helpers import blk_request, serving
+from .helpers import blk_request, two_blk_disks
 
 ALL = ((1 << 64) - 1) & ~VIRTIO_F_ACCESS_PLATFORM  # no IOMMU: guest-physical addresses
 
 
 @pytest.fixture
 def two_disks(tmp_path):
-    paths = []
-    for name in ("a", "b"):
-        path = tmp_path / f"{name}.img"
-        path.write_bytes(bytes(1 << 20))
-        paths.append(str(path))
-    socks = [str(tmp_path / "a.sock"), str(tmp_path / "b.sock")]
-    devices = {sock: blk.BlockDevice(DiskEngine(path), DeviceId(3, b"x" * 16)) for sock, path in zip(socks, paths)}
-    with serving(devices):
+    with two_blk_disks(tmp_path) as (socks, _, _):
         yield socks
 
 

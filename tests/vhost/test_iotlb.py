@@ -11,8 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.errors import GuestError, ProtocolError
-from backend.vdisk.devid import DeviceId
-from backend.vdisk.engine import DiskEngine
 from backend.vhost.constants import (
     IOTLB_INVALIDATE,
     IOTLB_RO,
@@ -31,7 +29,7 @@ from backend.vhost.iotlb import DeviceIotlb, IotlbMiss, IotlbSpace
 from backend.vhost.memory import GuestMemory, MappedRegion
 from backend.vhost.messages import IotlbMessage
 
-from .helpers import blk_request, serving
+from .helpers import blk_request, two_blk_disks
 
 ALL = (1 << 64) - 1
 RAM = 1 << 20
@@ -154,15 +152,8 @@ def test_fuzz_updates_never_yield_a_view_outside_shared_memory(ops, probe: int, 
 
 @pytest.fixture
 def disks(tmp_path):
-    paths = []
-    for name in ("a", "b"):
-        path = tmp_path / f"{name}.img"
-        path.write_bytes(bytes(1 << 20))
-        paths.append(str(path))
-    socks = [str(tmp_path / "a.sock"), str(tmp_path / "b.sock")]
-    devices = {sock: blk.BlockDevice(DiskEngine(path), DeviceId(3, b"x" * 16)) for sock, path in zip(socks, paths)}
-    with serving(devices) as servers:
-        yield socks, paths, servers
+    with two_blk_disks(tmp_path) as served:
+        yield served
 
 
 def iommu_guest(sock: str, *, invalidate: bool = True, page: int = 8192) -> VirtioGuest:
