@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.fields import Dirs, Field, Invalid, boolean, integer, name, socket_path
 from ..config.load import CheckEnv
 from ..config.model import ServiceSpec, Where
 from .ds import DS_NAME
 from .registry import Context, Sample
+
+if TYPE_CHECKING:
+    from ..vhost.devices.ldc import Attached
 from .sockets import remove_socket
 from .vhost_common import check_domain, describe_connection
 
@@ -143,7 +146,7 @@ class LdcService:
                 "channel_id": channel.spec.info.channel_id,
                 "ldc_state": "down" if ldc is None else ldc.state.value,
                 "ldc_version": format_version(getattr(ldc, "version", None)),
-                "vio_phase": "-", "vio_version": None,
+                **_vio(channel.attached),
             })
         return {"socket": self.spec.socket, "channels": channels, **describe_connection(self.server)}
 
@@ -162,3 +165,13 @@ class LdcService:
 
 
 KIND = LdcKind()
+
+
+def _vio(attached: Attached | None) -> dict[str, Any]:
+    """The VIO phase and negotiated version of a channel's service (DS has no VIO session)."""
+    from .channels import format_version
+
+    if attached is None or attached.session is None:
+        return {"vio_phase": "-", "vio_version": None}
+    session = attached.session.session
+    return {"vio_phase": session.phase.name.lower(), "vio_version": format_version(session.version)}

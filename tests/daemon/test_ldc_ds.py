@@ -40,7 +40,8 @@ dhdl = 7
 ''')
     served = Served(config, str(tmp_path / "run" / "control.sock"), tmp_path / "daemon.log")
     sim = subprocess.Popen([sys.executable, "-m", "backend", "guest-sim", "--socket", str(tmp_path / "run" / "ldc-ldc0.sock"),
-                            "--domain", "g2", "--dhdl", "7", "--ds-socket", str(tmp_path / "guest-ds.sock")],
+                            "--domain", "g2", "--dhdl", "7", "--ds-socket", str(tmp_path / "guest-ds.sock"),
+                            "--nbd", str(tmp_path / "nbd.sock")],  # runs the guest's vdc (no vnet client: no --tap)
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + 30
@@ -48,12 +49,15 @@ dhdl = 7
             status = served.status()
             (ds,) = status["services"]["ds"]
             channels = status["domains"][0]["channels"]
-            if ds["ports"] and ds["ports"][0]["state"] == "ready" and all(c["ldc_state"] == "up" for c in channels):
+            vio_up = all(c["vio_phase"] == "established" for c in channels if c["carries"] == "vdisk")
+            if ds["ports"] and ds["ports"][0]["state"] == "ready" and all(c["ldc_state"] == "up" for c in channels) and vio_up:
                 break
-            assert time.monotonic() < deadline, (status, sim.poll())
+            assert time.monotonic() < deadline, ([(c["carries"], c["ldc_state"], c["vio_phase"]) for c in channels], sim.poll())
             time.sleep(0.3)
         assert {(c["service"], c["carries"]) for c in channels} == {("ldc0/vd0", "vdisk"), ("ldc0/ldc0-vnet0", "vnet"), ("ldc0/ds", "ds")}
         assert ds["ports"][0]["peer"] == "g2" and ds["ports"][0]["version"] == "1.0"
+        versions = {c["carries"]: c["vio_version"] for c in channels}
+        assert versions == {"vdisk": "1.1", "vnet": None, "ds": None}  # the vdc's session; no vnet client runs
         assert request(served.control, "domain", name="g2")["ds_ready"] is True
 
         stopped = subprocess.run([sys.executable, "-m", "backend", "guest", "stop", "g2", "--control", served.control],

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ...errors import GuestError
 from ...ldc.channel import Channel
+from ...vio.aio import VioEndpoint
 from ..constants import ProtocolFeature
 from ..device import ServedQueue, VirtioDevice
 from ..memory import GuestMemory
@@ -34,8 +35,17 @@ log = logging.getLogger(__name__)
 
 TABLE_ENTRIES = 4096  # the device's map table per channel (32 KiB of the pool)
 
-#: Attaches a service to a fresh endpoint and opens the channel; returns how to detach it.
-Attach = Callable[[QueueEndpoint], Callable[[], None]]
+@dataclass(frozen=True)
+class Attached:
+    """A service running on a channel: how to take it off, and its VIO session if it has one
+    (vds and vsw do; DS does not), so status can show the negotiated version."""
+
+    detach: Callable[[], None]
+    session: VioEndpoint | None = None
+
+
+#: Attaches a service to a fresh endpoint and opens the channel.
+Attach = Callable[[QueueEndpoint], Attached]
 
 
 @dataclass
@@ -83,7 +93,7 @@ class _Channel:
         self.spec = spec
         self._memory = memory
         self.endpoint: QueueEndpoint | None = None
-        self._detach: Callable[[], None] | None = None
+        self.attached: Attached | None = None
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._buffers: collections.deque[tuple[ServedQueue, DescriptorChain]] = collections.deque()
@@ -105,7 +115,7 @@ class _Channel:
         if self.endpoint is None:
             resolve = lambda gpa, size: self._memory().gpa.view(gpa, size)
             self.endpoint = _DeviceEndpoint(Channel(self.spec.info.mode), ChannelMemory(resolve), self)
-            self._detach = self.spec.attach(self.endpoint)
+            self.attached = self.spec.attach(self.endpoint)
             log.info("LDC channel %d (%s) attached", self.spec.info.channel_id, self.spec.name or self.spec.info.service.name)
         return self.endpoint
 
@@ -151,12 +161,12 @@ class _Channel:
                                           if stopped_queue is not None and item[0].index != stopped_queue)
         self._pending.clear()
         self._pending_bytes = 0
-        endpoint, detach = self.endpoint, self._detach
-        self.endpoint = self._detach = None
+        endpoint, attached = self.endpoint, self.attached
+        self.endpoint = self.attached = None
         if endpoint is not None:
             endpoint.link_lost(reason)
-        if detach is not None:
-            detach()
+        if attached is not None:
+            attached.detach()
 
 
 class _Scatter:

@@ -8,7 +8,6 @@ and returns how to take the service off it again.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 from ...ds.agent import DsAgent, LdcPortChannel
 from ...ldc.constants import Mode
@@ -17,7 +16,7 @@ from ...vdisk.server import Export
 from ...vswitch.port import PortConfig
 from ...vswitch.switch import Switch
 from ...vswitch.vnet_port import VnetPort
-from .ldc import ChannelSpec
+from .ldc import Attached, ChannelSpec
 from .ldc_endpoint import QueueEndpoint
 from .ldc_wire import ChannelInfo, Service
 
@@ -28,9 +27,9 @@ SMALL_POOL = 64 << 10  # vds and DS export nothing but their map table
 def vdisk(channel_id: int, export: Export, name: str = "") -> ChannelSpec:
     """A vds export: the guest's vdc reads and writes `export` through its own memory."""
 
-    def attach(ldc: QueueEndpoint) -> Callable[[], None]:
-        _, stop = serve_export(export, ldc, thread_name=f"ldc-vds-{channel_id}")
-        return stop
+    def attach(ldc: QueueEndpoint) -> Attached:
+        session, stop = serve_export(export, ldc, thread_name=f"ldc-vds-{channel_id}")
+        return Attached(stop, session)
 
     return ChannelSpec(ChannelInfo(channel_id, Service.VDISK, Mode.UNRELIABLE, SMALL_POOL), attach, name)
 
@@ -42,11 +41,11 @@ def vnet(channel_id: int, switch: Switch, mac: bytes, *, mtu: int = 1500, pvid: 
          vlans: frozenset[int] = frozenset(), name: str = "") -> ChannelSpec:
     """A port of `switch` (whose own MAC is `mac`) for the guest's vnet."""
 
-    def attach(ldc: QueueEndpoint) -> Callable[[], None]:
+    def attach(ldc: QueueEndpoint) -> Attached:
         config = PortConfig(name or f"{switch.name}-ldc{next(_port_numbers)}", mtu, pvid, vlans)
         port = VnetPort(switch, ldc, mac, config)  # type: ignore[arg-type]
         _open(ldc)
-        return port.detach
+        return Attached(port.detach, port.endpoint)
 
     return ChannelSpec(ChannelInfo(channel_id, Service.VNET, Mode.UNRELIABLE, VNET_POOL), attach, name)
 
@@ -54,10 +53,10 @@ def vnet(channel_id: int, switch: Switch, mac: bytes, *, mtu: int = 1500, pvid: 
 def ds(channel_id: int, agent: DsAgent, port_id: int, name: str = "") -> ChannelSpec:
     """The control domain's DS port `port_id` (in `agent`'s config) to this guest."""
 
-    def attach(ldc: QueueEndpoint) -> Callable[[], None]:
+    def attach(ldc: QueueEndpoint) -> Attached:
         agent.attach(port_id, LdcPortChannel(ldc))  # type: ignore[arg-type]
         _open(ldc)
-        return lambda: None  # the agent keeps the port; its link went down with the endpoint
+        return Attached(lambda: None)  # the agent keeps the port; its link went down with the endpoint
 
     return ChannelSpec(ChannelInfo(channel_id, Service.DS, Mode.RELIABLE, SMALL_POOL), attach, name)
 
