@@ -28,15 +28,11 @@ from backend.vhost.devices.blk import REQUEST_HEADER, T_IN, T_OUT  # noqa: E402
 from backend.vhost.driver import Buffer  # noqa: E402
 from backend.vhost.frontend import VirtioGuest  # noqa: E402
 
+from procstat import cpu_seconds  # scripts/procstat.py
+
 MiB = 1 << 20
 DISK = 256 * MiB
-TICK = os.sysconf("SC_CLK_TCK")
 MAX_REQUESTS = 60000
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
 
 
 def wait_for(path: str, proc: subprocess.Popen) -> None:

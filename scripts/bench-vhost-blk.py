@@ -39,8 +39,9 @@ from backend.qemu import (
     vio_vhost_blk_argv,
 )
 
+from procstat import cpu_seconds  # scripts/procstat.py
+
 MiB = 1 << 20
-TICK = os.sysconf("SC_CLK_TCK")
 BOOT_TIMEOUT = 180.0
 BENCH_INITRD = "initramfs-fio.cpio"  # written next to the test initramfs by scripts/build-x86-guest
 # fio --minimal (terse v3) fields, 0-based: total KiB, bandwidth KiB/s, IOPS; the write block follows the read block
@@ -69,12 +70,6 @@ class Sample:
     mbps: float
     cpu_us_per_io: float
     cpu_ms_per_mb: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid` (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def load_average() -> str:

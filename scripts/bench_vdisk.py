@@ -21,6 +21,8 @@ import time
 
 from backend.vdisk.client import VdcClient
 
+from procstat import cpu_seconds  # scripts/procstat.py
+
 MiB = 1 << 20
 DISK = 256 * MiB
 
@@ -83,13 +85,6 @@ def reference(path: str, total: int) -> tuple[float, float]:
 
 def ms(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1e3
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc, in seconds)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(socket_path: str, scale: int, server_pid: int) -> dict[str, float]:

@@ -42,8 +42,9 @@ from backend.qemu import (
 from backend.vswitch.netns import add_netns_host, unique_name
 from backend.vswitch.tap import link_info, netlink
 
+from procstat import cpu_seconds  # scripts/procstat.py
+
 HOST_IP, GUEST_IP = "198.19.95.2", "198.19.95.5"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 HOST_SIDE = textwrap.dedent("""
     import socket, sys, time
@@ -73,11 +74,6 @@ HOST_SIDE = textwrap.dedent("""
     out.shutdown(socket.SHUT_WR); out.recv(1)
     print("out", size, time.monotonic() - start, flush=True)
 """)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def guest_script(megabytes: int) -> str:

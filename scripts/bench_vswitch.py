@@ -19,6 +19,8 @@ import time
 
 from backend.vswitch.vnet_port import VnetClient
 
+from procstat import cpu_seconds  # scripts/procstat.py
+
 SENDER = bytes.fromhex("020000000a01")
 RECEIVER = bytes.fromhex("020000000a02")
 
@@ -56,13 +58,6 @@ async def sender(path: str, count: int, size: int) -> None:
     print(time.process_time() - cpu, flush=True)
     await asyncio.sleep(1)
     client.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc, in seconds)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(path: str, count: int, size: int, vsw_pid: int) -> tuple[int, float, tuple[float, float, float]]:
