@@ -26,7 +26,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntFlag
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import GuestError, LinkDownError
 
@@ -237,11 +237,40 @@ class PeerMemory:
         self._table: memoryview | None = memoryview(table).cast("B")
         self._entries = len(self._table) // MTE.size
         self._segments: Mapping[int, memoryview] | None = segments
+        self._native: tuple[Any, list[Any]] | None = None  # see native_view()
 
     def revoke(self) -> None:
         """Forget the peer's memory (channel reset or unmap of everything)."""
         self._table = None
         self._segments = None
+        self._native = None
+
+    def native_view(self) -> Any | None:
+        """This memory as the C data path sees it (`struct ldc_peer_memory *`,
+        backend/native/ldc.h), or None once revoked.
+
+        Built again whenever the peer has shared another segment since; the
+        pointers stay valid as long as the views (kept with it) do.
+        """
+        table, segments = self._table, self._segments
+        if table is None or segments is None:
+            return None
+        if self._native is not None and len(self._native[1]) == len(segments) + 2:
+            return self._native[0]
+        from ..native import native
+
+        ffi, _ = native()
+        items = list(segments.items())
+        array = ffi.new("struct ldc_segment[]", max(1, len(items)))
+        keep: list[Any] = [array, ffi.from_buffer(table)]
+        for slot, (segment_id, view) in zip(array, items):
+            buffer = ffi.from_buffer(view, require_writable=True)
+            keep.append(buffer)
+            slot.id, slot.base, slot.size = segment_id, ffi.cast("uint8_t *", buffer), len(view)
+        view = ffi.new("struct ldc_peer_memory *", {"table": keep[1], "entries": self._entries,
+                                                      "segments": array, "nsegments": len(items)})
+        self._native = (view, keep)
+        return view
 
     def resolve(self, cookies: Iterable[TransportCookie], offset: int, length: int, need: int) -> list[memoryview]:
         """Views of `length` bytes starting `offset` bytes into the cookies' memory.

@@ -131,6 +131,11 @@ class DiskEngine:
         finally:
             self._end(ticket)
 
+    def reads_served(self, count: int, nbytes: int) -> None:
+        """`count` reads of `nbytes` in all were served from this store's page
+        cache without read_into (the vds's C walk step reads the file itself).
+        Nothing to do here; a subclass that counts reads overrides it."""
+
     def write_from(self, offset: int, buffers: Sequence[memoryview]) -> int:
         """Write `buffers` at `offset` (pwritev); stable on return if the cache is off."""
         if self.read_only:

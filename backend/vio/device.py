@@ -16,6 +16,7 @@ from .constants import DevClass, DringOption
 from .messages import DdsInfo, DeviceMessage, DringReg
 
 if TYPE_CHECKING:
+    from .dring import ImportedRing
     from .session import Session
 
 
@@ -98,6 +99,18 @@ class Device:
             if session.peer_ring(ring) is None:
                 return  # our own work reset the session or dropped the ring
             self.on_descriptor(session, ring, index, payload)
+
+    def serve_in_place(self, session: Session, ring: ImportedRing, first: int, limit: int) -> tuple[int, list[int]]:
+        """A fast path: finish READY entries from `first` (at most `limit`, no wrap)
+        right in the ring, without accepting them first.
+
+        Called only while nothing of the ring is in progress, so entries still
+        become DONE in ring order. Returns how many were finished (now DONE)
+        and those of them that asked for an ACK; the walk hands the rest to
+        `on_descriptors` as usual. Raise RingError if an entry changed state
+        behind our back. Default: none.
+        """
+        return 0, []
 
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
         """The peer finished a descriptor we queued."""

@@ -203,6 +203,18 @@ class OwnedRing(Ring):
         self.pending += 1
         return index
 
+    def queue_many(self, payloads: list[bytes], ack_every: int) -> int:
+        """Fill consecutive entries (every `ack_every`-th and the last asking for
+        an ACK) and mark them READY in order; returns the first index (indices
+        past the end of the ring wrap to 0)."""
+        if self.pending + len(payloads) > self.count - 1:
+            raise RingError(f"ring full: {len(payloads)} entries asked for, {self.free_entries()} free")
+        first = self.prod
+        last = len(payloads) - 1
+        for position, payload in enumerate(payloads):
+            self.queue(payload, position == last or position % ack_every == ack_every - 1)
+        return first
+
     def reap(self, end_idx: int) -> list[Done]:
         """Take back every entry from `cons` through `end_idx`, which must all be DONE."""
         if not self._pending(end_idx):

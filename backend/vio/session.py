@@ -507,8 +507,7 @@ class Session(Outbox[bytes, Event]):
 
     def submit(self, ring: OwnedRing, payload: bytes, *, ack: bool | None = None) -> int:
         """Queue one descriptor on our ring and tell the processor; returns its index."""
-        if not self.established or ring.ident is None or ring not in self._own_rings:
-            raise BackendError("session not established or ring not registered")
+        self._check_own_ring(ring)
         index = ring.queue(payload, ring.ack_each if ack is None else ack)
         if ring.open_ended:
             if not ring.processor_active:
@@ -516,6 +515,31 @@ class Session(Outbox[bytes, Event]):
         else:
             self._kick(ring, index, index)
         return index
+
+    def submit_many(self, ring: OwnedRing, payloads: list[bytes], *, ack_every: int) -> list[int]:
+        """Queue a burst of descriptors and tell the processor once; returns their indices.
+
+        Only every `ack_every`-th descriptor of the burst and its last ask for an
+        ACK: an ACK of entry N completes every entry up to N, so a burst needs
+        one ACK message per `ack_every` descriptors instead of one each (the
+        processor still ACKs every descriptor that asks, as Linux's vdc needs).
+        """
+        self._check_own_ring(ring)
+        if not payloads:
+            return []
+        first = ring.queue_many(payloads, ack_every)
+        indices = [(first + n) % ring.count for n in range(len(payloads))]
+        last = indices[-1]
+        if ring.open_ended:
+            if not ring.processor_active:
+                self._kick(ring, first, END_OPEN)
+        else:
+            self._kick(ring, first, last)
+        return indices
+
+    def _check_own_ring(self, ring: OwnedRing) -> None:
+        if not self.established or ring.ident is None or ring not in self._own_rings:
+            raise BackendError("session not established or ring not registered")
 
     def _kick(self, ring: OwnedRing, start: int, end: int) -> None:
         assert ring.ident is not None
@@ -602,6 +626,15 @@ class Session(Outbox[bytes, Event]):
                     limit = count if walk.last is None else (walk.start - index) % count
                 else:
                     limit = (walk.end - index) % count + 1
+                if limit and not ring.order:
+                    served, acks = self.device.serve_in_place(self, ring, index, min(limit, budget, count - index))
+                    if served:
+                        budget -= served
+                        walk.last = index + served - 1
+                        self._ack(ring, walk.seq, acks)
+                        if walk.last == walk.end or ring.next(walk.last) == walk.start:
+                            walk.finished = True
+                        continue
                 batch = ring.accept_run(index, min(limit, budget)) if limit else []
                 if not batch:
                     walk.finished = True
@@ -614,6 +647,9 @@ class Session(Outbox[bytes, Event]):
                     return  # the device's work reset or unregistered rings meanwhile
                 if walk.last == walk.end or ring.next(walk.last) == walk.start:
                     walk.finished = True
+        except RingError as exc:
+            self._fail(f"descriptor ring: {exc}")
+            return
         finally:
             self._walking = False
         self._settle(ring)
@@ -659,9 +695,7 @@ class Session(Outbox[bytes, Event]):
         except RingError as exc:
             self._fail(f"descriptor ring: {exc}")
             return
-        seq = walk.seq if walk else ring.seq
-        for index in acks:
-            self._send(DringData(tag, seq, ring.ident, index, index, ProcState.ACTIVE))
+        self._ack(ring, walk.seq if walk else ring.seq, acks)
         if walk is None or not walk.finished or ring.order:
             return
         if walk.end == END_OPEN and walk.last is not None:
@@ -674,6 +708,13 @@ class Session(Outbox[bytes, Event]):
         if walk.end == END_OPEN:
             last = walk.last if walk.last is not None else walk.start
             self._send(DringData(tag, walk.seq, ring.ident, walk.start, last, ProcState.STOPPED))
+
+    def _ack(self, ring: ImportedRing, seq: int, indices: list[int]) -> None:
+        """One DRING_DATA ACK per finished entry that asked for one (start == end, as Linux's vdc wants)."""
+        if indices:
+            tag = self._tag(MsgType.DATA, SubType.ACK, Env.DRING_DATA)
+            for index in indices:
+                self._send(DringData(tag, seq, ring.ident, index, index, ProcState.ACTIVE))
 
     def _nack_dring(self, message: DringData, reason: str) -> None:
         self._send(DringData(message.tag.reply(SubType.NACK), message.seq, message.dring_ident, message.start_idx, message.end_idx, ProcState.STOPPED))
