@@ -5,8 +5,10 @@ ds_send_msg back). A client on domain primary sends 16-byte requests: the
 Python API in this process, and the C example client (libds.so) in its own
 process. Each request crosses client -> agent -> LDC -> agent -> provider
 and back (six process hops). Printed with the window of outstanding
-requests (1 = strict ping-pong). Reference in the same run: the same
-ping-pong between two processes over a bare SOCK_SEQPACKET pair.
+requests (1 = strict ping-pong) and the CPU time per round trip of each
+process (client, both agents, provider), which a busy machine disturbs far
+less than the rate. Reference in the same run: the same ping-pong between
+two processes over a bare SOCK_SEQPACKET pair.
 Run via scripts/bench-ds.
 """
 
@@ -25,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from backend.ds.api import DomainServices  # noqa: E402
 from backend.ds.launch import two_domains  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402  scripts/procstat.py
 
 SERVICE = "bench-echo"
 REQUEST = b"r" * 16
@@ -38,18 +41,20 @@ def provider() -> None:
         sys.stdin.read()  # until the benchmark closes our stdin
 
 
-def python_client(count: int, window: int) -> float:
+def python_client(count: int, window: int) -> tuple[float, float]:
+    """(round trips/s, this process's CPU seconds for them)."""
     with DomainServices() as ds, ds.client(SERVICE) as service:
         handle = service.wait_ready(domain="ldg1")
+        cpu = time.process_time()
+        start = time.perf_counter()
         for _ in range(min(window, count)):
             service.send(handle, REQUEST)
-        start = time.perf_counter()
         for done in range(count):
             if service.receive(handle, timeout=10) != REQUEST:
                 raise RuntimeError("wrong reply")
             if done + window < count:
                 service.send(handle, REQUEST)
-        return count / (time.perf_counter() - start)
+        return count / (time.perf_counter() - start), time.process_time() - cpu
 
 
 def bare_socket(count: int) -> float:
@@ -72,10 +77,27 @@ def bare_socket(count: int) -> float:
     return count / elapsed
 
 
-def c_client(build_dir: str, env: dict[str, str], count: int, window: int) -> float:
+def c_client(build_dir: str, env: dict[str, str], count: int, window: int) -> tuple[float, float]:
+    """(round trips/s, the client's CPU seconds for them), as bench_client prints them."""
     program = os.path.join(build_dir, "bench_client")
     out = subprocess.run([program, SERVICE, str(count), str(window)], env=env, capture_output=True, text=True, timeout=300, check=True)
-    return float(out.stdout.split()[-2])  # "... N round trips/s"
+    words = out.stdout.split()  # "N round trips in S s: R rt/s, C s CPU"
+    return float(words[-5]), float(words[-3])
+
+
+class CpuMeter:
+    """CPU microseconds per round trip of the other processes (agents, provider) over one case."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def run(self, count: int, case) -> str:  # type: ignore[no-untyped-def]
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        rate, client_cpu = case()
+        used = {"client": client_cpu, **{name: cpu_seconds(pid) - before[name] for name, pid in self.pids.items()}}
+        per_trip = "  ".join(f"{name} {seconds * 1e6 / count:5.0f}" for name, seconds in used.items())
+        total = sum(used.values()) * 1e6 / count
+        return f"{rate:>14,.0f}   {per_trip}  total {total:5.0f}"
 
 
 def main() -> None:
@@ -96,17 +118,20 @@ def main() -> None:
             assert server.stdout is not None
             server.stdout.readline()
             os.environ["VIO_DS_SOCKET"] = primary.socket
-            print(f"{'case':<44} {'round trips/s':>14}")
-            print(f"{'reference: bare SEQPACKET ping-pong':<44} {bare_socket(args.count):>14,.0f}")
+            assert primary.process is not None and guest.process is not None
+            meter = CpuMeter({"agent A": primary.process.pid, "agent B": guest.process.pid, "provider": server.pid})
+            print(f"{'case':<36} {'round trips/s':>14}   CPU us per round trip")
+            print(f"{'reference: bare SEQPACKET ping-pong':<36} {bare_socket(args.count):>14,.0f}")
             for window in windows:
-                print(f"{f'Python client, window {window}':<44} {python_client(args.count, window):>14,.0f}", flush=True)
+                line = meter.run(args.count, lambda: python_client(args.count, window))
+                print(f"{f'Python client, window {window}':<36} {line}", flush=True)
             if not args.no_c:
                 from backend.ds.cbuild import build_examples
 
                 build_dir = build_examples(os.path.join(tmp, "c"))
                 for window in windows:
-                    rate = c_client(build_dir, primary.environment(), args.count, window)
-                    print(f"{f'C client (libds.so), window {window}':<44} {rate:>14,.0f}", flush=True)
+                    line = meter.run(args.count, lambda: c_client(build_dir, primary.environment(), args.count, window))
+                    print(f"{f'C client (libds.so), window {window}':<36} {line}", flush=True)
         finally:
             if server.stdin:
                 server.stdin.close()
