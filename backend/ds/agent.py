@@ -21,13 +21,13 @@ from typing import Protocol
 from ..errors import BackendError
 from ..ldc.aio import LdcEndpoint, Listener, SocketServer, listen
 from ..ldc.constants import Mode
-from .control import ControlError
+from . import control
+from .control import MAX_RECORD, ControlError
 from .framework import DomainConfig, DsFramework
 
 log = logging.getLogger(__name__)
 
 ENV_SOCKET = "VIO_DS_SOCKET"  # where libds finds its agent (illumos: the vlds device path)
-MAX_RECORD = 65536 + 64  # largest control record (a MAX_SEND payload plus its header)
 MAX_BACKLOG = 4096  # records queued for an instance that does not read: beyond this it is dropped
 RECORDS_PER_WAKEUP = 64
 RECONNECT_DELAY = 0.2
@@ -68,11 +68,11 @@ class _PortListener:
 
     def ldc_up(self) -> None:
         self.agent.framework.link_up(self.port_id)
-        self.agent.flush()
+        self.agent.flush_soon()
 
     def ldc_reset(self, reason: str) -> None:
         self.agent.framework.link_down(self.port_id, reason)
-        self.agent.flush()
+        self.agent.flush_soon()
 
     def ldc_message(self, data: bytes) -> None:
         try:
@@ -81,7 +81,7 @@ class _PortListener:
             log.warning("DS port %d: %s; resetting the channel", self.port_id, exc)
             self.agent.framework.link_down(self.port_id, str(exc))
             self.agent.channels[self.port_id].reset(str(exc))
-        self.agent.flush()
+        self.agent.flush_soon()  # the channel hands us a whole record's messages one by one
 
 
 class _Instance:
@@ -108,23 +108,28 @@ class _Instance:
                 self.close("closed by the process")
                 break
             try:
-                self.agent.framework.request(self.id, record)
+                for message in control.unpack(record):
+                    self.agent.framework.request(self.id, message)
             except ControlError as exc:
                 self.close(f"bad control record: {exc}")
                 break
         self.agent.flush()
 
-    def send(self, record: bytes) -> None:
-        if self.backlog:
-            self._queue(record)
-            return
-        try:
-            self.sock.send(record)
-        except (BlockingIOError, InterruptedError):
-            self._queue(record)
-            self.agent.loop.add_writer(self.sock.fileno(), self._on_writable)
-        except OSError as exc:
-            self.close(f"socket error: {exc}")
+    def send(self, messages: list[bytes]) -> None:
+        """Send messages for this instance, several to a record (each record wakes its reader)."""
+        for record in control.pack(messages):
+            if self.id not in self.agent.instances:
+                return
+            if self.backlog:
+                self._queue(record)
+                continue
+            try:
+                self.sock.send(record)
+            except (BlockingIOError, InterruptedError):
+                self._queue(record)
+                self.agent.loop.add_writer(self.sock.fileno(), self._on_writable)
+            except OSError as exc:
+                self.close(f"socket error: {exc}")
 
     def _queue(self, record: bytes) -> None:
         if len(self.backlog) >= MAX_BACKLOG:
@@ -166,6 +171,7 @@ class DsAgent:
         self.channels: dict[int, PortChannel] = {}
         self._server = SocketServer(control_path, self._on_connection)
         self._tasks: list[asyncio.Task] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     async def start(self) -> None:
         await self._server.start()
@@ -181,12 +187,23 @@ class DsAgent:
         self.channels[port_id] = channel
         channel.set_listener(_PortListener(self, port_id))
 
+    def flush_soon(self) -> None:
+        """Flush once the current loop callback is done (it may bring more messages: one record for all)."""
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         """Move the framework's output to the instances and the channels."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        by_instance: dict[int, list[bytes]] = {}
         for instance_id, record in self.framework.take_output():
+            by_instance.setdefault(instance_id, []).append(record)
+        for instance_id, records in by_instance.items():
             instance = self.instances.get(instance_id)
             if instance is not None:
-                instance.send(record)
+                instance.send(records)
         touched = set()
         for port_id, data in self.framework.take_port_output():
             channel = self.channels.get(port_id)
@@ -239,6 +256,8 @@ class DsAgent:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         self._server.close()
         for instance in list(self.instances.values()):
             instance.close("agent stopping")

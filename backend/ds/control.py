@@ -7,6 +7,12 @@ with a Reply {seq, errno, body} and pushes events (registered, unregistered,
 data) on the same connection, in order. Records keep their boundaries, so
 there is no framing. Both directions are decoded here; a record that is not
 one of ours raises ControlError (the agent then drops the connection).
+
+Batches: one record may carry several messages (BATCH, either direction):
+every record sent costs a wake-up of the reader on the other side, which is
+the dominant cost of a message on a busy machine, so whoever has several
+messages for the same socket at once sends them together (`pack`), and every
+reader takes records apart with `unpack` before decoding them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..errors import ProtocolError
 MAX_VERSIONS = 20  # VLDS_MAX_VERS
 MAX_NAME = 255  # MAXNAMELEN (256) including the NUL
 MAX_SEND = 65535  # VLDS_MAX_SENDBUF_LEN: largest ds_send_msg payload
+MAX_RECORD = MAX_SEND + 65  # largest control record: a MAX_SEND payload, its header and some slack
 
 
 class Op(IntEnum):
@@ -38,6 +45,7 @@ class Op(IntEnum):
     REGISTERED = 0x81
     UNREGISTERED = 0x82
     DATA = 0x83
+    BATCH = 0x40  # several messages, each after its u32 length; never nested
 
 
 class ControlError(ProtocolError):
@@ -122,6 +130,8 @@ _REPLY = struct.Struct(">BII")
 _REGISTERED = struct.Struct(">BQHHQB")
 _EVENT = struct.Struct(">BQ")
 U64 = struct.Struct(">Q")
+_LENGTH = struct.Struct(">I")
+_BATCH = bytes([Op.BATCH])
 HANDLE_OPS = frozenset({Op.UNREGISTER, Op.DOMAIN, Op.READY, Op.DHDL_TO_NAME, Op.ACCESS})
 
 
@@ -156,6 +166,50 @@ def encode_send(seq: int, handle: int, payload: bytes) -> bytes:
 def encode_data(handle: int, payload: bytes) -> bytes:
     """The hot path's event, without building an object."""
     return _EVENT.pack(Op.DATA, handle) + payload
+
+
+def pack(records: list[bytes]) -> list[bytes]:
+    """The records to send for `records` (in order): batches of at most MAX_RECORD bytes, lone ones bare."""
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = len(_BATCH)
+    for record in records:
+        if group and size + _LENGTH.size + len(record) > MAX_RECORD:
+            out.append(_batch(group))
+            group, size = [], len(_BATCH)
+        group.append(record)
+        size += _LENGTH.size + len(record)
+    if group:
+        out.append(_batch(group))
+    return out
+
+
+def _batch(group: list[bytes]) -> bytes:
+    if len(group) == 1:
+        return group[0]
+    return _BATCH + b"".join(_LENGTH.pack(len(record)) + record for record in group)
+
+
+def unpack(record: bytes) -> list[bytes]:
+    """The messages in one received record (one, unless it is a BATCH); ControlError when a length lies."""
+    if record[:1] != _BATCH:
+        return [record]
+    messages = []
+    offset = len(_BATCH)
+    while offset < len(record):
+        if offset + _LENGTH.size > len(record):
+            raise ControlError(f"BATCH truncated in a length at byte {offset}")
+        (length,) = _LENGTH.unpack_from(record, offset)
+        offset += _LENGTH.size
+        if length == 0 or offset + length > len(record):
+            raise ControlError(f"BATCH message of {length} bytes at byte {offset} of {len(record)}")
+        if record[offset] == Op.BATCH:
+            raise ControlError("nested BATCH")
+        messages.append(record[offset : offset + length])
+        offset += length
+    if not messages:
+        raise ControlError("empty BATCH")
+    return messages
 
 
 def _text(raw: bytes, what: str) -> str:

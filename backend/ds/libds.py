@@ -16,7 +16,9 @@ made on the reader thread reads the socket itself until its answer comes
 ds_send_msg does not wait for the agent when the local table already says
 the handle is ours and ready (the hot path): the agent then puts it on the
 channel in order. Anything else is asked of the agent, which gives the
-errno.
+errno. Such sends made by callbacks are held until the callbacks of the
+record being handled have run, and then leave in one record (every record
+wakes the agent; a provider answering a burst of requests wakes it once).
 
 Results: every int function returns 0 or an errno value. Out-parameters
 of the C API come back as the second element of a tuple.
@@ -36,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import control
-from .agent import ENV_SOCKET, MAX_RECORD
-from .control import Op
+from .agent import ENV_SOCKET
+from .control import MAX_RECORD, Op
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class LibDs:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # ds_recv_msg waits here
         self._send_lock = threading.Lock()
+        self._held: list[bytes] = []  # ds_send_msg records of running callbacks, sent after them
+        self._holding = False  # the reader thread is running callbacks
         self._seq = itertools.count(1)
         self._calls: dict[int, _Call] = {}
         self._registrations: dict[int, _Registration] = {}  # by the handle's upper 32 bits
@@ -136,6 +140,8 @@ class LibDs:
             self._handles.clear()
             self._due.clear()
             self._arrived.notify_all()
+        with self._send_lock:
+            self._held.clear()  # callbacks' sends of the closed instance
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
@@ -240,8 +246,7 @@ class LibDs:
         entry = self._handles.get(hdl)
         if entry is not None and entry.ready:
             try:
-                with self._send_lock:
-                    sock.send(control.encode_send(0, hdl, bytes(buf)))  # seq 0: no reply wanted
+                self._post(sock, control.encode_send(0, hdl, bytes(buf)), hold=True)  # seq 0: no reply wanted
             except OSError:
                 return errno.ECONNRESET
             return 0
@@ -315,19 +320,50 @@ class LibDs:
         try:
             record = sock.recv(MAX_RECORD) if sock is not None else b""
             if record:
-                self._dispatch(control.decode_agent_message(record))
+                self._dispatch_record(record)
                 return True
         except (OSError, control.ControlError):
             pass
         return False
+
+    def _post(self, sock: socket.socket, record: bytes, *, hold: bool = False) -> None:
+        """Send a record, after any held ones; with `hold`, a callback's record waits for the others."""
+        with self._send_lock:
+            if hold and self._holding and threading.get_ident() == self._reader:
+                self._held.append(record)
+                return
+            if self._held:
+                self._send_held(sock)
+            sock.send(record)
+
+    def _send_held(self, sock: socket.socket) -> None:
+        """With the send lock held: the callbacks' records, as few as batching allows."""
+        held, self._held = self._held, []
+        for record in control.pack(held):
+            sock.send(record)
+
+    def _run_callbacks(self, sock: socket.socket) -> None:
+        """On the reader thread: the callbacks due, then what they sent, in one record if it fits."""
+        self._holding = True
+        try:
+            while self._due:
+                function, args = self._due.popleft()
+                try:
+                    function(*args)
+                except Exception:  # a user's callback must not stop the others
+                    log.exception("libds: callback %r failed", function)
+        finally:
+            self._holding = False
+            with self._send_lock:
+                if self._held:
+                    self._send_held(sock)
 
     def _transmit(self, seq: int, call: _Call, record: bytes) -> control.Reply:
         sock = self._sock
         try:
             if sock is None:
                 raise OSError(errno.EBADF, "libds is not initialised")
-            with self._send_lock:
-                sock.send(record)
+            self._post(sock, record)
         except OSError as exc:
             self._calls.pop(seq, None)
             return control.Reply(seq, exc.errno if exc.errno in (errno.EBADF,) else errno.ECONNRESET)
@@ -344,13 +380,8 @@ class LibDs:
                 record = sock.recv(MAX_RECORD)
                 if not record:
                     break
-                self._dispatch(control.decode_agent_message(record))
-                while self._due:
-                    function, args = self._due.popleft()
-                    try:
-                        function(*args)
-                    except Exception:  # a user's callback must not stop the others
-                        log.exception("libds: callback %r failed", function)
+                self._dispatch_record(record)
+                self._run_callbacks(sock)
         except (OSError, control.ControlError) as exc:
             log.info("libds: connection to the DS agent lost: %s", exc)
         with self._lock:
@@ -362,6 +393,10 @@ class LibDs:
             call.done.set()  # with its default reply: ECONNRESET
         if self._sock is None:  # ds_fini: nothing more to call back
             self._due.clear()
+
+    def _dispatch_record(self, record: bytes) -> None:
+        for message in control.unpack(record):
+            self._dispatch(control.decode_agent_message(message))
 
     def _dispatch(self, message: control.AgentMessage) -> None:
         if isinstance(message, control.DataEvent):

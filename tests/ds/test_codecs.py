@@ -50,6 +50,45 @@ def test_fuzz_control_decoders(record: bytes) -> None:
             pass
 
 
+def test_batch_layout_and_lone_records_stay_bare() -> None:
+    one, two = control.encode(control.NameToDhdl(1, "a")), control.encode(control.HandleRequest(Op.READY, 2, 3))
+    assert control.pack([one]) == [one]
+    (batch,) = control.pack([one, two])
+    assert batch.hex() == "40" "00000006" + one.hex() + "0000000d" + two.hex()
+    assert control.unpack(batch) == [one, two]
+    assert control.unpack(one) == [one]
+
+
+def test_batches_never_exceed_a_record() -> None:
+    big = control.encode_send(0, 1, b"x" * 30000)
+    records = control.pack([big, big, big, b"\x05"])
+    assert [len(control.unpack(r)) for r in records] == [2, 2]
+    assert all(len(r) <= control.MAX_RECORD for r in records)
+    assert len(control.pack([control.encode_send(0, 1, b"x" * control.MAX_SEND)] * 2)) == 2
+
+
+@pytest.mark.parametrize("record", [b"\x40", b"\x40\x00\x00", b"\x40\x00\x00\x00\x00", b"\x40\x00\x00\x00\x05\x01", b"\x40\x00\x00\x00\x01\x40", b"\x40\x00\x00\x00\x01\x05\x00"])
+def test_bad_batches_are_refused(record: bytes) -> None:
+    with pytest.raises(ControlError):
+        control.unpack(record)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40000).filter(lambda m: m[0] != Op.BATCH), max_size=8))
+def test_pack_then_unpack_gives_the_messages_back(messages: list[bytes]) -> None:
+    records = control.pack(messages)
+    assert all(len(r) <= control.MAX_RECORD for r in records)
+    assert [m for r in records for m in control.unpack(r)] == messages
+
+
+@given(st.binary(max_size=64))
+def test_fuzz_batch_unpacking(tail: bytes) -> None:
+    try:
+        messages = control.unpack(bytes([Op.BATCH]) + tail)
+    except ControlError:
+        return
+    assert messages and all(m and m[0] != Op.BATCH for m in messages)
+
+
 @given(st.binary(max_size=64))
 def test_fuzz_framework_requests_give_a_reply_or_a_control_error(record: bytes) -> None:
     framework = DsFramework(DomainConfig("primary", 0, (PortConfig(1, "ldg1", 5, False),)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from backend.ds import libds
+from backend.ds import control, libds
 from backend.ds.api import DomainServices
 from backend.ds.cbuild import build_examples
 from backend.ds.launch import two_domains
@@ -93,6 +94,32 @@ def test_python_client_and_provider_callbacks_polling_efbig_and_version(domains)
     assert ("unreg", (hdl, "arg")) in events
     lib.ds_fini()
     provider.stop()
+
+
+def test_bursts_are_answered_in_order(domains) -> None:
+    """300 requests before the first reply: the agents and libds pass them on in batches, none lost or reordered."""
+    primary, guest = domains
+    provider = Provider(guest, "burst-echo")
+    with DomainServices(primary.socket) as ds, ds.client("burst-echo") as service:
+        handle = service.wait_ready(20, domain="ldg1")
+        for i in range(300):
+            service.send(handle, b"%d" % i)
+        assert [service.receive(handle, timeout=20) for _ in range(300)] == [b"echo: %d" % i for i in range(300)]
+    provider.stop()
+
+
+def test_a_batch_of_requests_gets_every_reply_and_a_lying_batch_drops_the_connection(domains) -> None:
+    primary, _ = domains
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(primary.socket)
+        sock.settimeout(20)
+        sock.send(control.pack([control.encode(control.NameToDhdl(1, "ldg1")), control.encode(control.NameToDhdl(2, "nope"))])[0])
+        replies = []
+        while len(replies) < 2:
+            replies += [control.decode_agent_message(m) for m in control.unpack(sock.recv(control.MAX_RECORD))]
+        assert [(r.seq, r.errno) for r in replies] == [(1, 0), (2, errno.ENXIO)]
+        sock.send(bytes([control.Op.BATCH]) + b"\x00\x00\x00\x09\x07")
+        assert sock.recv(control.MAX_RECORD) == b""  # the agent hung up
 
 
 def test_c_provider_and_c_client(domains, cbuild) -> None:
