@@ -24,6 +24,8 @@ from .services import ServiceError, domain_shutdown, md_update, var_config
 
 log = logging.getLogger(__name__)
 
+SIGNAL_CHECK = 0.25  # seconds between looks for a SIGTERM while serving
+
 
 def run(args: argparse.Namespace) -> int:
     commands = {
@@ -119,7 +121,10 @@ def _wait(counter: _Counter) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: counter.done.set())
     try:
-        counter.done.wait()
+        # Python runs signal handlers only in the main thread; a SIGTERM the kernel hands to
+        # the libds reader or a timer thread would not end an untimed wait, so wake up now and then.
+        while not counter.done.wait(SIGNAL_CHECK):
+            pass
     except KeyboardInterrupt:
         pass
 
