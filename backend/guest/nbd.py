@@ -155,9 +155,16 @@ class NbdServer(Outbox[bytes, Event]):
             self._close(str(exc))
 
     def reply(self, handle: int, error: int = 0, data: bytes | memoryview = b"") -> None:
-        """Answer a request (data only for a successful READ)."""
+        """Answer a request (data only for a successful READ).
+
+        The data is queued as it is, not copied: a memoryview must stay valid
+        until the output is taken (a large read is sent straight from the
+        buffer the disk filled).
+        """
         if not self.closed:
-            self._output.append(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle) + (bytes(data) if not error else b""))
+            self._output.append(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle))
+            if data and not error:
+                self._output.append(data)
 
     # ---- parsing ----------------------------------------------------------------------------
 
