@@ -20,6 +20,7 @@ length u32}; simple reply {SIMPLE_REPLY_MAGIC u32, error u32, handle u64}.
 
 from __future__ import annotations
 
+import collections
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -129,13 +130,59 @@ class Closed:
 Event = Request | Ready | Closed
 
 
+class _Input:
+    """The client's bytes as received, joined only when a unit is taken: a 1 MiB
+    WRITE arriving in many reads is copied once, not once per read."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self.available = 0
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(memoryview(data))
+            self.available += len(data)
+
+    def peek(self, n: int) -> bytes:
+        """The first n bytes (n <= available), left in place."""
+        first = self._chunks[0]
+        if len(first) >= n:
+            return bytes(first[:n])
+        return self._join(n, consume=False)
+
+    def take(self, n: int) -> bytes:
+        """The first n bytes (n <= available), removed."""
+        data = self._join(n, consume=True)
+        self.available -= n
+        return data
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self.available = 0
+
+    def _join(self, n: int, consume: bool) -> bytes:
+        pieces, need = [], n
+        for index, chunk in enumerate(self._chunks):
+            if need <= 0:
+                break
+            piece = chunk[:need]
+            pieces.append(piece)
+            need -= len(piece)
+            if consume:
+                self._chunks[index] = chunk[len(piece):]
+        if consume:
+            while self._chunks and not len(self._chunks[0]):
+                self._chunks.popleft()
+        return b"".join(pieces)
+
+
 class NbdServer(Outbox[bytes, Event]):
     """One client connection's protocol state, for one export."""
 
     def __init__(self, export: Export) -> None:
         super().__init__()
         self.export = export
-        self._buffer = bytearray()
+        self._input = _Input()
         self._state = "flags"
         self._no_zeroes = False
         self._output.append(GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
@@ -147,7 +194,7 @@ class NbdServer(Outbox[bytes, Event]):
     def receive(self, data: bytes) -> None:
         if self.closed:
             return
-        self._buffer += data
+        self._input.add(data)
         try:
             while not self.closed and self._step():
                 pass
@@ -170,41 +217,39 @@ class NbdServer(Outbox[bytes, Event]):
 
     def _step(self) -> bool:
         """Handle one unit if it is complete; False when more bytes are needed."""
-        buffer = self._buffer
+        source = self._input
         if self._state == "flags":
-            if len(buffer) < 4:
+            if source.available < 4:
                 return False
-            flags = int.from_bytes(buffer[:4], "big")
-            del buffer[:4]
+            flags = int.from_bytes(source.take(4), "big")
             if not flags & FLAG_FIXED_NEWSTYLE or flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
                 raise ProtocolError(f"client flags 0x{flags:x}: fixed newstyle is required")
             self._no_zeroes = bool(flags & FLAG_NO_ZEROES)
             self._state = "options"
             return True
         if self._state == "options":
-            if len(buffer) < OPTION.size:
+            if source.available < OPTION.size:
                 return False
-            magic, option, length = OPTION.unpack_from(buffer, 0)
+            magic, option, length = OPTION.unpack(source.peek(OPTION.size))
             if magic != IHAVEOPT or length > MAX_OPTION:
                 raise ProtocolError(f"bad option header (magic 0x{magic:x}, {length} bytes)")
-            if len(buffer) < OPTION.size + length:
+            if source.available < OPTION.size + length:
                 return False
-            data = bytes(buffer[OPTION.size : OPTION.size + length])
-            del buffer[: OPTION.size + length]
-            self._option(option, data)
+            source.take(OPTION.size)
+            self._option(option, source.take(length))
             return True
-        if len(buffer) < REQUEST.size:
+        if source.available < REQUEST.size:
             return False
-        magic, flags, command, handle, offset, length = REQUEST.unpack_from(buffer, 0)
+        magic, flags, command, handle, offset, length = REQUEST.unpack(source.peek(REQUEST.size))
         if magic != REQUEST_MAGIC:
             raise ProtocolError(f"bad request magic 0x{magic:x}")
         payload = length if command == Command.WRITE else 0
         if payload > MAX_PAYLOAD:
             raise ProtocolError(f"WRITE of {length} bytes exceeds {MAX_PAYLOAD}")
-        if len(buffer) < REQUEST.size + payload:
+        if source.available < REQUEST.size + payload:
             return False
-        data = bytes(buffer[REQUEST.size : REQUEST.size + payload])
-        del buffer[: REQUEST.size + payload]
+        source.take(REQUEST.size)
+        data = source.take(payload)
         if command == Command.DISC:
             self._close("client disconnected")
             return False
@@ -270,5 +315,5 @@ class NbdServer(Outbox[bytes, Event]):
 
     def _close(self, reason: str) -> None:
         self._state = "closed"
-        self._buffer.clear()
+        self._input.clear()
         self._events.append(Closed(reason))

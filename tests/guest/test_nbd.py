@@ -124,3 +124,15 @@ def test_fuzz_transmission_never_raises(requests, tail: bytes) -> None:
     server.receive(tail)
     for event in server.take_events():
         assert isinstance(event, (nbd.Request, nbd.Closed))
+
+
+@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=4), st.data())
+@settings(max_examples=60)
+def test_any_split_of_the_stream_gives_the_same_requests(payloads: list[bytes], data) -> None:
+    stream = b"".join(nbd.REQUEST.pack(nbd.REQUEST_MAGIC, 0, nbd.Command.WRITE, n, 512 * n, len(p)) + p
+                      for n, p in enumerate(payloads))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    server = negotiated()
+    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+        server.receive(stream[start:end])
+    assert server.take_events() == [nbd.Request(n, nbd.Command.WRITE, 0, 512 * n, len(p), p) for n, p in enumerate(payloads)]
