@@ -142,8 +142,13 @@ class DsFramework(Outbox[tuple[int, bytes], str]):
 
     def port_data(self, port_id: int, data: bytes) -> None:
         """Bytes from the port's channel; DsError from here means: reset that channel."""
+        port = self.ports[port_id]
+        data_message = port.data_message(data)
+        if data_message is not None:  # the data path: no port events to settle
+            self._deliver(*data_message)
+            return
         try:
-            self.ports[port_id].receive(data)
+            port.receive(data)
         finally:
             self._settle()
 
@@ -378,9 +383,7 @@ class DsFramework(Outbox[tuple[int, bytes], str]):
 
     def _on_port_event(self, port_id: int, event: Registered | Unregistered | DataReceived | PortEvent) -> None:
         if isinstance(event, DataReceived):
-            handle = self._linked.get(id(event.service))
-            if handle is not None:
-                self._notify(handle, control.DataEvent(handle.value, event.payload))
+            self._deliver(event.service, event.payload)
         elif isinstance(event, Registered):
             self._on_registered(port_id, event)
         elif isinstance(event, Unregistered):
@@ -399,6 +402,12 @@ class DsFramework(Outbox[tuple[int, bytes], str]):
             event.service.held = True
             return
         self._link(registration, Link(event.version, self._peers[port_id].peer_dhdl, port_id, event.service))
+
+    def _deliver(self, service: Service, payload: bytes) -> None:
+        """DATA from a port to the instance holding the handle connected through `service`."""
+        handle = self._linked.get(id(service))
+        if handle is not None and handle.registration.owner in self._instances:
+            self._output.append((handle.registration.owner, control.encode_data(handle.value, payload)))
 
     def _notify(self, handle: Handle, message: control.AgentMessage) -> None:
         owner = handle.registration.owner

@@ -118,6 +118,7 @@ Message = Union[InitReq, InitAck, InitNack, RegReq, RegAck, RegNack, UnregReq, U
 _U16 = struct.Struct(">H")
 _INIT_REQ = struct.Struct(">HH")
 _HANDLE = struct.Struct(">Q")
+DATA_BODY = HEADER.size + _HANDLE.size  # where a DATA message's payload starts
 _REG_REQ_HEAD = struct.Struct(">QHH")
 _REG_ACK = struct.Struct(">QH6x")
 _REG_NACK = struct.Struct(">QQH6x")
@@ -226,11 +227,22 @@ class Framer:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def single(self, data: bytes) -> int | None:
+        """The kind of message `data` is when it is exactly one whole message and nothing is buffered.
+
+        The usual case (the peer sends each message in one chunk); the caller
+        may then take the body at HEADER.size without feeding the framer.
+        """
         if not self._buffer and len(data) >= HEADER.size:
             kind, length = HEADER.unpack_from(data, 0)
             if len(data) == HEADER.size + length and length <= MAX_MESSAGE:
-                return [(kind, data[HEADER.size :])]  # the usual case: one whole message per chunk
+                return kind
+        return None
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        kind = self.single(data)
+        if kind is not None:
+            return [(kind, data[HEADER.size :])]
         self._buffer += data
         out: list[tuple[int, bytes]] = []
         while len(self._buffer) >= HEADER.size:

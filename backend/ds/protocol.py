@@ -33,6 +33,7 @@ handshake starts again when the link is back.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
@@ -40,13 +41,16 @@ from typing import Union
 from ..outbox import Outbox
 from .messages import (
     CLIENT_HANDLE_BIT,
+    DATA_BODY,
     Data,
     DsError,
     Framer,
     InitAck,
     InitNack,
+    HEADER,
     InitReq,
     Message,
+    MsgType,
     Nack,
     RegAck,
     RegNack,
@@ -62,6 +66,7 @@ from .messages import (
 )
 
 DS_VERSIONS = ((1, 0),)
+_WIRE_HANDLE = struct.Struct(">Q")
 
 
 class PortState(Enum):
@@ -136,6 +141,7 @@ class DsPort(Outbox[bytes, Event]):
         self._framer = Framer()
         super().__init__()
         self._offered: tuple[int, int] | None = None
+        self._last_data: Service | None = None  # the service the last DATA was for (usually the next one's)
 
     # ---- services ---------------------------------------------------------------------
 
@@ -199,6 +205,22 @@ class DsPort(Outbox[bytes, Event]):
         self.version = None
 
     # ---- input ---------------------------------------------------------------------------
+
+    def data_message(self, data: bytes) -> tuple[Service, bytes] | None:
+        """The data path: (service, payload) when `data` is exactly one DATA for an active service.
+
+        No message object and no event; anything else (None) goes to receive().
+        """
+        if self.state is not PortState.READY or self._framer.single(data) != MsgType.DATA or len(data) < DATA_BODY:
+            return None
+        (handle,) = _WIRE_HANDLE.unpack_from(data, HEADER.size)
+        service = self._last_data
+        if service is None or not service.active or service.handle != handle:
+            service = self._active_by_wire_handle(handle)
+            if service is None:
+                return None  # receive() NACKs it
+            self._last_data = service
+        return service, data[DATA_BODY:]
 
     def receive(self, data: bytes) -> None:
         """Bytes from the channel (any chunking); DsError means: reset the channel."""
