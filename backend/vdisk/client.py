@@ -10,6 +10,7 @@ data buffers exported from its own shared memory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import itertools
@@ -38,9 +39,11 @@ from .protocol import (
 )
 
 MAX_COOKIES = 16
-#: Our vdc asks for an ACK on every 8th descriptor of a burst and on its last
-#: (the server's walk step is 8): one ACK message completes up to 8 requests.
-ACK_EVERY = 8
+#: Our vdc asks for an ACK on the last descriptor of a burst (and on every
+#: 32nd of a longer one): one ACK message completes the whole burst, and the
+#: next burst goes out with one kick. Smaller groups (8, 16) pipelined more but
+#: cost more CPU per request in wake-ups on both sides (docs/performance-vdisk.md).
+ACK_EVERY = 32
 #: Page size code of the pre-exported buffer slots (64 KiB pages: 16 map-table
 #: entries per 1 MiB slot, so 63 slots fit a 4096-entry table beside the ring).
 SLOT_PAGE_CODE = 1
@@ -165,8 +168,10 @@ class VdcClient:
         self._slot_count = self.device.ring_size - 1
         self._pool: Segment | None = None
         self._free_slots = list(range(self._slot_count))
-        self._slots: asyncio.Semaphore | None = None
+        self._slot_waiters: collections.deque[asyncio.Future[int]] = collections.deque()
         self._slot_exports: list[Export] = []
+        self._slot_addrs: list[int] = []  # each slot's cookie address
+        self._block = 0  # the server's block size, once attributes are agreed
         self._submit_scheduled = False
         self._loop = asyncio.get_running_loop()  # looked up once: each lookup is a getpid() call
 
@@ -180,7 +185,6 @@ class VdcClient:
 
     async def open(self, timeout: float = 10.0) -> None:
         await self.endpoint.open(timeout)
-        self._slots = asyncio.Semaphore(self._slot_count)
 
     def _export_slots(self) -> None:
         """Export every buffer slot once per session (a reset revokes them all).
@@ -197,6 +201,8 @@ class VdcClient:
             self.ldc.export(self._pool, index * self._slot_size, self._slot_size, PERM_RW, SLOT_PAGE_CODE)
             for index in range(self._slot_count)
         ]
+        self._slot_addrs = [export.cookies[0].addr for export in self._slot_exports]
+        self._block = self.attrs.vdisk_block_size
 
     @property
     def attrs(self) -> DiskAttrs:
@@ -218,12 +224,12 @@ class VdcClient:
 
     async def read(self, offset: int, length: int, *, slice_: int = SLICE_ABSOLUTE) -> bytes:
         self._aligned(offset, length)
-        data, _ = await self.call(Op.BREAD, offset // self.block_size, length, slice_=slice_, read=length)
+        data, _ = await self.call(Op.BREAD, offset // self._block, length, slice_=slice_, read=length)
         return data
 
     async def write(self, offset: int, data: bytes, *, slice_: int = SLICE_ABSOLUTE) -> None:
         self._aligned(offset, len(data))
-        await self.call(Op.BWRITE, offset // self.block_size, len(data), slice_=slice_, write=data)
+        await self.call(Op.BWRITE, offset // self._block, len(data), slice_=slice_, write=data)
 
     async def flush(self) -> None:
         await self.call(Op.FLUSH)
@@ -287,10 +293,11 @@ class VdcClient:
         read: int = 0, write: bytes | None = None,
     ) -> tuple[bytes, DiskRequest]:
         """One request; raises OSError with the server's status when it is not 0."""
-        slot = await self._take_slot(max(read, len(write) if write else 0))
+        slot = self._free_slots.pop() if self._free_slots else await self._wait_for_slot()
         try:
-            data, done = await self._run(slot, op, offset, size, slice_, read, write)
-            return bytes(data), done
+            done = await self._start(slot, op, offset, size, slice_, max(read, len(write) if write else 0), write)
+            base = slot * self._slot_size
+            return bytes(self._pool.view[base : base + read]) if read else b"", done  # type: ignore[union-attr]
         finally:
             self._give_back(slot)
 
@@ -303,9 +310,11 @@ class VdcClient:
         the `async with` block only, then released and its slot reused.
         """
         self._aligned(offset, length)
-        slot = await self._take_slot(length)
+        slot = self._free_slots.pop() if self._free_slots else await self._wait_for_slot()
         try:
-            data, _ = await self._run(slot, Op.BREAD, offset // self.block_size, length, slice_, length, None)
+            await self._start(slot, Op.BREAD, offset // self._block, length, slice_, length, None)
+            base = slot * self._slot_size
+            data = self._pool.view[base : base + length]  # type: ignore[union-attr]
             try:
                 yield data
             finally:
@@ -313,45 +322,53 @@ class VdcClient:
         finally:
             self._give_back(slot)
 
-    async def _take_slot(self, length: int) -> int:
-        """A buffer slot for one request (waiting while all are in use)."""
-        assert self._slots is not None
-        if length > self._slot_size:
-            raise ValueError(f"a {length}-byte transfer is larger than the {self._slot_size}-byte maximum")
-        await self._slots.acquire()
-        return self._free_slots.pop()
+    async def _wait_for_slot(self) -> int:
+        """All buffer slots are in use: wait for one (first come, first served)."""
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())  # handed to us just as we were cancelled
+            elif waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+            raise
 
     def _give_back(self, slot: int) -> None:
-        assert self._slots is not None
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
         self._free_slots.append(slot)
-        self._slots.release()
 
-    async def _run(
-        self, slot: int, op: int, offset: int, size: int, slice_: int, read: int, write: bytes | None,
-    ) -> tuple[memoryview, DiskRequest]:
-        """Send one request through `slot`; a view of the `read` bytes the server wrote, and its descriptor."""
-        assert self._pool is not None
-        base = slot * self._slot_size
-        view = self._pool.view
-        length = max(read, len(write) if write else 0)
+    def _start(self, slot: int, op: int, offset: int, size: int, slice_: int, length: int,
+               write: bytes | None) -> asyncio.Future[DiskRequest]:
+        """Queue one request through `slot` (its first `length` bytes); the future gets
+        the request back with its status, or the server's error as OSError."""
+        if length > self._slot_size:
+            raise ValueError(f"a {length}-byte transfer is larger than the {self._slot_size}-byte maximum")
         if write:
-            view[base : base + len(write)] = write
-        cookies = [TransportCookie(self._slot_exports[slot].cookies[0].addr, length)] if length else []
-        request = DiskRequest(0, op, slice_, 0, offset, size, cookies)
-        future: asyncio.Future[tuple[int, DiskRequest]] = self._loop.create_future()
+            base = slot * self._slot_size
+            self._pool.view[base : base + len(write)] = write  # type: ignore[union-attr]
+        cookies = [TransportCookie(self._slot_addrs[slot], length)] if length else []
+        future: asyncio.Future[DiskRequest] = self._loop.create_future()
 
         def finished(code: int, done: DiskRequest) -> None:
-            if not future.done():
-                future.set_result((code, done))
+            if future.done():
+                return
+            if code:
+                future.set_exception(OSError(code, f"vDisk {Op(op).name} failed: {errno.errorcode.get(code, code)}"))
+            else:
+                future.set_result(done)
 
-        self.device.queue(request, finished)
+        self.device.queue(DiskRequest(0, op, slice_, 0, offset, size, cookies), finished)
         if not self._submit_scheduled:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit)
-        code, done = await future
-        if code:
-            raise OSError(code, f"vDisk {Op(op).name} failed: {errno.errorcode.get(code, code)}")
-        return view[base : base + read], done
+        return future
 
     def _submit(self) -> None:
         """Everything requested in this loop iteration goes out as one burst."""
@@ -360,5 +377,5 @@ class VdcClient:
         self.endpoint.pump()
 
     def _aligned(self, offset: int, length: int) -> None:
-        if offset % self.block_size or length % self.block_size:
-            raise ValueError(f"offset and length must be multiples of the {self.block_size}-byte block")
+        if offset % self._block or length % self._block:
+            raise ValueError(f"offset and length must be multiples of the {self._block}-byte block")

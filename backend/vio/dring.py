@@ -206,13 +206,25 @@ class OwnedRing(Ring):
     def queue_many(self, payloads: list[bytes], ack_every: int) -> int:
         """Fill consecutive entries (every `ack_every`-th and the last asking for
         an ACK) and mark them READY in order; returns the first index (indices
-        past the end of the ring wrap to 0)."""
-        if self.pending + len(payloads) > self.count - 1:
-            raise RingError(f"ring full: {len(payloads)} entries asked for, {self.free_entries()} free")
-        first = self.prod
-        last = len(payloads) - 1
+        past the end of the ring wrap to 0). All or nothing: a burst that does
+        not fit changes no entry."""
+        first, n = self.prod, len(payloads)
+        if self.pending + n > self.count - 1:
+            raise RingError(f"ring full: {n} entries asked for, {self.free_entries()} free")
+        for start, length in self.runs(first, n):
+            if self.states(start, length) != bytes((_FREE,)) * length:
+                raise RingError(f"ring full: an entry of {start}..{start + length - 1} is not FREE")
+        room = self.size - DESC_HEADER_SIZE
+        if any(len(payload) > room for payload in payloads):
+            raise ValueError(f"a payload does not fit a {self.size}-byte descriptor")
+        write, set_byte, size = self.memory.write, self.memory.set_byte, self.size
+        index, last = first, n - 1
         for position, payload in enumerate(payloads):
-            self.queue(payload, position == last or position % ack_every == ack_every - 1)
+            ack = position == last or position % ack_every == ack_every - 1
+            write(index * size, (_HEADER_ACK if ack else _HEADER_NO_ACK) + payload)
+            set_byte(index * size, _READY)  # last: the processor may look at any time
+            index = index + 1 if index + 1 < self.count else 0
+        self.pending += n
         return first
 
     def reap(self, end_idx: int) -> list[Done]:
