@@ -37,6 +37,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sim.add_argument("--dhdl", type=lambda t: int(t, 0), default=5)
     sim.add_argument("--control", default="primary", help="the control domain's name")
     sim.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
+    sim.add_argument("--mtu", type=int, default=1500, help="the taps' MTU (the vnet frame MTU follows; match the switch's --mtu)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -46,7 +47,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from .sim import SimConfig, run
 
         config = SimConfig(args.socket, args.nbd, args.tap, args.ds_socket, args.domain, args.dhdl, args.control,
-                           not args.no_guest_services, args.memory << 20)
+                           not args.no_guest_services, args.memory << 20, args.mtu)
         return _run("guest-sim", run(config))
     return None
 

@@ -23,7 +23,7 @@ from ..ds.framework import DomainConfig as DsDomain
 from ..ds.framework import PortConfig as DsPort
 from ..vdisk.client import VdcClient
 from ..vhost.devices.ldc_wire import Service
-from ..vswitch.vnet import FRAME_LEN, VLAN_LEN
+from ..vswitch.frames import TAGGED_HEADER_LEN
 from ..vswitch.vnet_port import VnetClient
 from .link import GuestLdc
 from .nbd_serve import NbdExport
@@ -46,6 +46,7 @@ class SimConfig:
     control: str = "primary"
     guest_services: bool = True
     memory: int = 512 << 20
+    mtu: int = 1500  # the taps' MTU (layer 3), as the switch's port MTU
 
 
 class GuestSim:
@@ -74,11 +75,12 @@ class GuestSim:
         # its ends at once, and a handshake nobody listens to would leave a session behind.
         self.disks = [VdcClient(channel.endpoint) for channel in disks[: len(config.nbd)]]  # type: ignore[arg-type]
         for channel, (tap, netns, address) in zip(vnets, config.taps):
-            interface = GuestInterface(tap, netns, address)
+            interface = GuestInterface(tap, netns, address, mtu=config.mtu)
             self.interfaces.append(interface)
             # A frame MTU with room for a VLAN tag: from vnet 1.4 the switch counts the tag in the
-            # port MTU, so a 1514-byte offer would leave 1496 bytes of L3 payload, not 1500.
-            self.vnets.append(VnetClient(channel.endpoint, interface.mac, mtu=FRAME_LEN + VLAN_LEN, on_frame=interface.deliver))  # type: ignore[arg-type]
+            # port MTU, so a 1514-byte offer (MTU 1500) would leave 1496 bytes of L3 payload.
+            frame_mtu = config.mtu + TAGGED_HEADER_LEN
+            self.vnets.append(VnetClient(channel.endpoint, interface.mac, mtu=frame_mtu, on_frame=interface.deliver))  # type: ignore[arg-type]
         for client, path in zip(self.disks, config.nbd):
             await client.open()
             export = NbdExport(client, path, max_block=client.device.max_xfer)

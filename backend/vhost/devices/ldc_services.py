@@ -21,6 +21,7 @@ from .ldc_endpoint import QueueEndpoint
 from .ldc_wire import ChannelInfo, Service
 
 VNET_POOL = 2 << 20  # the switch side's TX ring and frame buffers, plus the map table
+JUMBO_SLOTS = 256  # a vnet's ring depth when its frames are large (backend/vswitch/vnet.py)
 SMALL_POOL = 64 << 10  # vds and DS export nothing but their map table
 
 
@@ -47,7 +48,14 @@ def vnet(channel_id: int, switch: Switch, mac: bytes, *, mtu: int = 1500, pvid: 
         _open(ldc)
         return Attached(port.detach, port.endpoint)
 
-    return ChannelSpec(ChannelInfo(channel_id, Service.VNET, Mode.UNRELIABLE, VNET_POOL), attach, name)
+    return ChannelSpec(ChannelInfo(channel_id, Service.VNET, Mode.UNRELIABLE, vnet_pool(mtu)), attach, name)
+
+
+def vnet_pool(mtu: int) -> int:
+    """Pool a vnet channel needs: VNET_POOL covers standard frames; a jumbo MTU needs
+    its ring of large frame buffers (each with a tag, the frame offset and 8-byte
+    rounding: 32 bytes of slack) on top of the ring and map table VNET_POOL holds."""
+    return VNET_POOL + JUMBO_SLOTS * (mtu + 32) if mtu > 1500 else VNET_POOL
 
 
 def ds(channel_id: int, agent: DsAgent, port_id: int, name: str = "") -> ChannelSpec:
