@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task] = set()
         self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid() call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,7 +75,7 @@ class _Connection(asyncio.Protocol):
         self.protocol.receive(data)
         for event in self.protocol.take_events():
             if isinstance(event, nbd.Request):
-                task = asyncio.ensure_future(self._serve(event))
+                task = self._loop.create_task(self._serve(event))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif isinstance(event, nbd.Closed):
@@ -88,7 +89,7 @@ class _Connection(asyncio.Protocol):
     def _flush_soon(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -142,9 +143,9 @@ class NbdExport:
         command, offset, length = request.command, request.offset, request.length
         if command not in (nbd.Command.READ, nbd.Command.WRITE, nbd.Command.TRIM, nbd.Command.WRITE_ZEROES):
             raise OSError(errno.EINVAL, f"command {command} is not supported")
-        block = self.disk.block_size
-        if offset % block or length % block or offset + length > self.disk.size_bytes:
-            raise OSError(errno.EINVAL, f"{offset}+{length} is unaligned or past the {self.disk.size_bytes}-byte disk")
+        block, size = self.export.block_size, self.export.size  # the disk's, as the export was made
+        if offset % block or length % block or offset + length > size:
+            raise OSError(errno.EINVAL, f"{offset}+{length} is unaligned or past the {size}-byte disk")
         if command != nbd.Command.READ and self.export.read_only:
             raise OSError(errno.EPERM, "read-only export")
         if command == nbd.Command.READ and length > nbd.MAX_PAYLOAD:
