@@ -3,6 +3,11 @@
 A vnet over LDC, a virtio-net queue pair and a tap uplink are all ports: the
 switch hands each of them frames through `transmit`, and they hand the switch
 what they receive through `Switch.receive(port, frame, now, hdr)`.
+
+A port that gets frames in runs (a vnet's ring walk) may hand them in with
+`Switch.receive_batch`, and a port may also take runs out: with a method
+`transmit_groups(batch, groups, selected)` (see VnetPort) the switch hands it
+the frames of whole station-pair groups in one call.
 """
 
 from __future__ import annotations

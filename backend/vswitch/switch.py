@@ -32,6 +32,17 @@ reason, counted on the ingress port) or one step further:
    finished, as the port's offloads allow.
 
 Every counter lives here; see `PortCounters` for how they add up.
+
+Batches. A vnet hands in a ring walk's worth of frames at once
+(`receive_batch`). Its plain unicast frames between the same two stations
+(untagged, within the ingress MTU) meet the same four steps with the same
+outcome, so the steps run once per such group (`_pair_route`, the unicast
+case of step 3 and what step 4 does for one untagged port), and the frames go
+out to a port that takes batches (`transmit_groups`) in one call, counted per
+group. What that decision does not cover (group addresses, tags, oversize,
+taps, stations that are the destination of another group, a destination not
+known) goes through `receive` frame by frame, so every outcome is the one
+the per-frame path gives.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ from .frames import (
     tag,
     untag,
 )
+from .batch import FrameBatch, PairGroups
 from .offload import check, finish, first_segment, needed
 from .port import Offloads, Port
 from .vnet_hdr import VirtioNetHdr
@@ -438,6 +450,81 @@ class Switch:
             counters.forwarded += 1
         else:
             counters.drops[reason] += 1
+
+    def receive_batch(self, port: Port, batch: FrameBatch, now: float) -> None:
+        """Switch the frames `port` received in one go (see "Batches" above); the batch
+        is not kept. Frames of one station pair keep their order."""
+        member = self._member(port)
+        groups = PairGroups(batch, member.max_frame(False))
+        of = groups.of
+        pairs = [batch.addresses(groups.first[g]) for g in range(groups.groups)]
+        slow = [i for i in range(batch.count) if of[i] == -1] if groups.grouped != batch.good else []
+        slow_pairs = [batch.addresses(i) for i in slow]
+        # Learning from one frame can change the outcome for a later one. Frames to a station
+        # that is a source in this batch (it may have just moved here) take the per-frame
+        # path, in order, and so do frames from a station that a frame on that path is for.
+        sources = {src for _, src in pairs} | {src for _, src in slow_pairs}
+        routes = [None if dst in sources else self._pair_route(member, dst, src, now) for dst, src in pairs]
+        slow_destinations = {dst for dst, _ in slow_pairs} | {pairs[g][0] for g, out in enumerate(routes) if out is None}
+        while any(out is not None and pairs[g][1] in slow_destinations for g, out in enumerate(routes)):
+            for g, out in enumerate(routes):
+                if out is not None and pairs[g][1] in slow_destinations:
+                    routes[g] = None
+                    slow_destinations.add(pairs[g][0])
+        egress: dict[int, tuple[_Member, bytearray]] = {}
+        counters = member.counters
+        learn_at: dict[int, int] = {}  # first frame of a group -> its group, for its source's refresh
+        for g, out in enumerate(routes):
+            if out is not None:
+                learn_at[groups.first[g]] = g
+                count = groups.count[g]
+                counters.rx_frames += count
+                counters.rx_bytes += groups.bytes[g]
+                counters.forwarded += count
+                egress.setdefault(id(out), (out, bytearray(groups.groups)))[1][g] = 1
+        if None in routes:
+            slow += [i for i in range(batch.count) if of[i] >= 0 and routes[of[i]] is None]
+        # The refreshes and the per-frame path in frame order: which stations age out or
+        # get evicted from a full table depends on it.
+        vlan = member.port.config.pvid
+        for i in sorted(slow + list(learn_at)):
+            g = learn_at.get(i)
+            if g is None:
+                self.receive(port, batch.frame(i), now)
+            else:
+                self._learn(member, vlan, pairs[g][1], now)  # a refresh (see _pair_route)
+        for out, selected in egress.values():
+            self._emit_groups(out, batch, groups, selected)
+
+    def _pair_route(self, ingress: _Member, dst: bytes, src: bytes, now: float) -> _Member | None:
+        """The one port an untagged unicast frame from `src` to `dst` leaves by (untagged,
+        within its MTU, no taps on the way, a port that takes batches) when `src` is already
+        learned on `ingress`; None when the per-frame path must decide (and count)."""
+        vlan = ingress.port.config.pvid
+        entry = self._fdb.get((vlan, dst))
+        if ingress.taps or not is_valid_source(src) or entry is None or self._expired(entry, now):
+            return None
+        source = self._fdb.get((vlan, src))
+        if source is None or source.member is not ingress:
+            return None  # a new station or a move: counted and logged frame by frame
+        out = entry.member
+        if (out is ingress or out.taps or out.egress_tagged(vlan) is not False
+                or out.max_frame(False) < ingress.max_frame(False) or not hasattr(out.port, "transmit_groups")):
+            return None
+        return out
+
+    def _emit_groups(self, out: _Member, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> None:
+        """Step 4 for the frames of the selected groups, all bound untagged for `out`."""
+        chosen = [g for g in range(groups.groups) if selected[g]]
+        count = sum(groups.count[g] for g in chosen)
+        try:
+            out.port.transmit_groups(batch, groups, selected)  # type: ignore[attr-defined]
+        except Exception:
+            out.counters.drops[TX_ERROR] += count
+            log.warning("%s: transmit on port %s failed", self.name, out.name, exc_info=True)
+            return
+        out.counters.tx_frames += count
+        out.counters.tx_bytes += sum(groups.bytes[g] for g in chosen)
 
     def _forward(self, member: _Member, frame: bytes, now: float, unfinished: _Unfinished | None) -> str | None:
         """Run the four steps; return the drop reason, or None once sent."""

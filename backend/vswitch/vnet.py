@@ -7,6 +7,12 @@ frame in through the sender's cookies. Frames sit 6 bytes into their
 buffers (Linux VNET_PACKET_SKIP, illumos VNET_IPALIGN) and copies are
 rounded up to 8 bytes, as the hypervisor's copy wants.
 
+The per-frame work of the ring (descriptor checks, cookie checks, the
+copies, TX descriptors) is C (backend/native/vnet.c), one call per run of
+frames: a walk step's descriptors become one `FrameBatch` for `on_frames`,
+and a batch of frames goes onto our TX ring in one call. Decisions (errors,
+counters, the session's kicks) stay here.
+
 MTU (the attribute counts whole frames): below 1.3 both ends use exactly
 1514; at 1.3 exactly 1518 (a VLAN tag fits); from 1.4 the receiver of an
 ATTR_INFO ACKs with the lower of its own and the peer's (Linux does this).
@@ -18,17 +24,20 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BackendError
-from ..ldc.memory import PERM_RW, TRANSPORT_COOKIE, Export, PeerMemory, Segment, TransportCookie
+from ..ldc.memory import PERM_RW, TRANSPORT_COOKIE, PeerMemory, Segment
+from ..native import native
 from ..vio.constants import DevClass, DringOption, SubType
 from ..vio.device import AttrReply, Device, RingSpec
 from ..vio.dring import OwnedRing
 from ..vio.messages import DdsInfo, DeviceMessage, DringReg
 from ..vio.session import Session
 from ..vio.xfer import Transfer, decode_xfer_mode, encode_xfer_mode
+from .batch import FrameBatch, PairGroups
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,7 @@ BIG_RING_BUFFERS = 3 << 19  # at most 1.5 MiB of frame buffers for the deep ring
 ATTR = struct.Struct(">BBHBBxxQQHH20x")  # the 48 bytes after the VIO tag
 MCAST = struct.Struct(">BB42s4x")
 DESC = struct.Struct(">II")  # size, ncookies (after the 8-byte ring header)
-DESC_ONE_COOKIE = struct.Struct(">IIQQ")  # DESC and the one transport cookie our frames need
+RX_BATCH = 256  # frames the receive buffer holds at first (a walk step's worth; it grows if needed)
 DDS_VNET_NIU = 0x10
 DDS_STATUS = struct.Struct(">Q")
 DDS_SUCCESS, DDS_FAIL = 0x0, 0x1
@@ -135,11 +144,26 @@ def our_mtu(version: tuple[int, int], configured: int) -> int:
     return configured
 
 
-@dataclass
-class _TxSlot:
-    export: Export
-    offset: int
-    addr: int  # the cookie of the slot's buffer
+def _pin(view: memoryview) -> tuple[Any, Any]:
+    """A C pointer to the bytes of `view`, and the object that keeps them alive.
+
+    The C buffer holds the object under the view (an mmap or bytearray), not
+    the view itself: a view exported to C and caught in a garbage cycle makes
+    the collector complain when it clears the view first."""
+    ffi, _ = native()
+    base = ffi.from_buffer("uint8_t[]", view.obj)
+    with ffi.from_buffer("uint8_t[]", view) as probe:
+        offset = int(ffi.cast("uintptr_t", probe)) - int(ffi.cast("uintptr_t", base))
+    if not view.contiguous or not 0 <= offset <= len(base) - view.nbytes:
+        raise ValueError("memory not inside its own buffer")
+    return base, base + offset
+
+
+def _peer_maps(memory: PeerMemory) -> tuple[memoryview | None, Mapping[int, memoryview]]:
+    """The peer's map table and segments (None, {} once revoked), for the C copy, which
+    checks every cookie against them. PeerMemory keeps them private so far: the
+    proposal /tmp/proposals/vswitch-peer-maps.patch gives it public accessors."""
+    return memory._table, memory._segments or {}
 
 
 class VnetDevice(Device):
@@ -158,6 +182,7 @@ class VnetDevice(Device):
         mtu: int = FRAME_LEN,
         ring_size: int | None = None,
         on_frame: Callable[[bytes], None] | None = None,
+        on_frames: Callable[[FrameBatch], None] | None = None,
     ) -> None:
         self.mac = mac
         self.switch_side = switch_side
@@ -169,6 +194,8 @@ class VnetDevice(Device):
         self._fixed_ring_size = ring_size  # None: sized from the MTU once it is agreed
         self.ring_size = ring_size or SMALL_RING
         self.on_frame = on_frame or (lambda frame: None)
+        #: Takes each walk step's frames at once (valid until it returns); default: on_frame per frame.
+        self.on_frames = on_frames or self._each_frame
         self.peer_mac: bytes | None = None
         self.version: tuple[int, int] | None = None
         self.multicast: set[bytes] = set()  # groups the peer joined (switch side)
@@ -176,8 +203,13 @@ class VnetDevice(Device):
         self.on_up: Callable[[Session], None] | None = None  # the session is established
         self.on_tx_space: Callable[[], None] | None = None  # TX ring entries came back
         self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0)
-        self._slots: list[_TxSlot] = []
         self._buffers: Segment | None = None
+        self._slot_cookies: list[int] = []  # the cookie of each TX ring entry's frame buffer
+        self._tx: Any = None  # struct vnet_tx_ring over our ring and its frame slots, while established
+        self._tx_memory: tuple[Any, ...] = ()  # what the C struct points into, kept alive with it
+        self._tx_result = native()[0].new("struct vnet_tx_result *")
+        self._rx: FrameBatch | None = None
+        self._peer: tuple[Any, ...] | None = None  # table, segment count, struct vnet_peer and its memory
         self._session: Session | None = None
         self._ring: OwnedRing | None = None  # our TX ring while the session is established
         self._mcast_pending: list[McastInfo] = []
@@ -234,7 +266,9 @@ class VnetDevice(Device):
     def on_reset(self, reason: str) -> None:
         self._session = None
         self._ring = None
-        self._slots = []
+        self._tx = None
+        self._tx_memory = ()
+        self._peer = None
         if self.switch_side and self.on_multicast is not None:
             for group in list(self.multicast):
                 self.on_multicast(False, group)
@@ -263,31 +297,64 @@ class VnetDevice(Device):
         memory = session.memory
         if self._buffers is None or self._buffers.size < size:
             self._buffers = memory.allocate_segment(size)
-        exports = [memory.export(self._buffers, i * slot, slot, PERM_RW) for i in range(self.ring_size)]
-        self._slots = [_TxSlot(export, i * slot, export.cookies[0].addr) for i, export in enumerate(exports)]
+        self._slot_cookies = [memory.export(self._buffers, i * slot, slot, PERM_RW).cookies[0].addr for i in range(self.ring_size)]
+        ring = self._ring
+        assert ring is not None and ring.memory.single is not None  # our own ring: one segment
+        ffi, _ = native()
+        ring_keep, ring_memory = _pin(ring.memory.single)
+        buffers_keep, buffers = _pin(self._buffers.view)
+        slot_cookies = ffi.new("uint64_t[]", self._slot_cookies)
+        self._tx_memory = (ring_keep, buffers_keep, slot_cookies)
+        self._tx = ffi.new("struct vnet_tx_ring *", {
+            "ring": ring_memory, "ring_size": ring.memory.size, "count": ring.count, "desc_size": ring.size,
+            "buffers": buffers, "buffers_size": self._buffers.size, "slot_size": slot, "slot_cookies": slot_cookies,
+            "mtu": self.mtu, "allow_tags": self.vlan_tags_allowed, "ack_every": ACK_EVERY})
+
+    def _queue(self, batch: FrameBatch, group_of: Any = None, selected: Any = None, ngroups: int = 0) -> tuple[int, int, int]:
+        """Frames of `batch` (those of the selected groups, if given) onto our TX ring, in order,
+        while it has room: (queued, frames looked at, refused for size or tag, counted as dropped)."""
+        session, ring, tx = self._session, self._ring, self._tx
+        if session is None or ring is None or tx is None or not session.established:
+            return 0, 0, 0
+        ffi, lib = native()
+        result = self._tx_result
+        lib.vnet_tx(tx, ring.prod, ring.free_entries(), ring.pending, batch.struct,
+                    ffi.NULL if group_of is None else group_of, ffi.NULL if selected is None else selected, ngroups, result)
+        queued = result.queued
+        if queued:
+            # The first entry goes through the session, which kicks the peer when it is not
+            # walking our ring; C already published the others behind it.
+            # Now and then an entry asks for an ACK: under steady traffic the peer keeps
+            # walking our ring and would otherwise only answer (STOPPED) when it runs dry.
+            session.submit(ring, ffi.buffer(result.first_desc)[:], ack=bool(result.first_ack))
+            ring.pending += queued - 1
+        counters = self.counters
+        counters["tx_frames"] += queued
+        counters["tx_bytes"] += result.bytes
+        counters["tx_dropped"] += result.refused
+        return queued, result.consumed, result.refused
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue a frame on our TX ring; False (and counted) when it cannot go."""
-        session, ring = self._session, self._ring
-        if session is None or ring is None or not session.established or not self._frame_ok(frame):
-            self.counters["tx_dropped"] += 1
-            return False
-        if not ring.free_entries():
-            self.counters["tx_dropped"] += 1
-            return False
-        slot = self._slots[ring.prod]
-        assert self._buffers is not None
-        size = len(frame)
-        start = slot.offset + PACKET_SKIP
-        self._buffers.view[start : start + size] = frame
-        payload = DESC_ONE_COOKIE.pack(size, 1, slot.addr, (size + PACKET_SKIP + 7) & ~7)
-        # Now and then ask for an ACK: under steady traffic the peer keeps walking
-        # our ring and would otherwise only answer (STOPPED) when it runs dry.
-        session.submit(ring, payload, ack=ring.pending % ACK_EVERY == ACK_EVERY - 1)
-        counters = self.counters
-        counters["tx_frames"] += 1
-        counters["tx_bytes"] += size
-        return True
+        queued, consumed, _ = self._queue(FrameBatch.of([frame]))
+        if not consumed:
+            self.counters["tx_dropped"] += 1  # link down or ring full
+        return bool(queued)
+
+    def send_frames(self, frames: Sequence[bytes]) -> int:
+        """Queue frames in order while our TX ring has room; returns how many were taken
+        (queued, or refused for size or tag and counted as dropped). The caller keeps the
+        rest until `on_tx_space`."""
+        return self._queue(FrameBatch.of(frames))[1] if frames else 0
+
+    def send_groups(self, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> int:
+        """Queue the frames of `batch` in the `selected` groups (one byte per group); those our
+        ring has no room for are dropped and counted. Returns how many were queued."""
+        ffi, _ = native()
+        queued, _, refused = self._queue(batch, groups.of, ffi.from_buffer(selected), groups.groups)
+        wanted = sum(groups.count[g] for g in range(groups.groups) if selected[g])
+        self.counters["tx_dropped"] += wanted - queued - refused
+        return queued
 
     def send_priority(self, frame: bytes) -> bool:
         """A high-priority frame in packet mode (PKT_DATA), beside the ring (1.2+)."""
@@ -304,10 +371,7 @@ class VnetDevice(Device):
         return True
 
     def _frame_ok(self, frame: bytes) -> bool:
-        if len(frame) < 14 or len(frame) > self.mtu:
-            return False
-        tagged = frame[12:14] == b"\x81\x00"
-        return not tagged or self.vlan_tags_allowed
+        return 14 <= len(frame) <= self.mtu and (frame[12:14] != b"\x81\x00" or self.vlan_tags_allowed)
 
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
         if self.on_tx_space is not None:
@@ -316,30 +380,53 @@ class VnetDevice(Device):
     # ---- frames in -----------------------------------------------------------------------
 
     def on_descriptors(self, session: Session, ring: int, batch: list[tuple[int, bytes]]) -> None:
-        memory = session.memory.peer_memory
-        for _, payload in batch:
-            frame = self._receive_one(memory, payload)
-            if frame is not None:
-                self._deliver(frame)
+        n = len(batch)
+        rx = self._rx
+        if rx is None or rx.capacity < n:
+            rx = self._rx = FrameBatch.empty(max(n, RX_BATCH), self.mtu)
+        rx.struct.count = n
+        _, lib = native()
+        lib.vnet_rx(b"".join([payload for _, payload in batch]), len(batch[0][1]), n,
+                    self._peer_struct(session.memory.peer_memory), self.mtu, self.vlan_tags_allowed, rx.struct)
+        if rx.good != n:
+            self._count_refused(rx)
+        if rx.good:
+            self.counters["rx_frames"] += rx.good
+            self.counters["rx_bytes"] += rx.bytes
+            self.on_frames(rx)
         session.complete_many(ring, [index for index, _ in batch])
 
-    def _receive_one(self, memory: PeerMemory, payload: bytes) -> bytes | None:
-        size, ncookies = DESC.unpack_from(payload, 0)
-        room = (len(payload) - DESC.size) // TRANSPORT_COOKIE.size
-        if not 14 <= size <= self.mtu or not 1 <= ncookies <= min(room, 2):
-            self.counters["rx_errors"] += 1
-            return None
-        if ncookies == 1:  # what Linux and we send: one cookie per frame
-            cookies = [TransportCookie._make(TRANSPORT_COOKIE.unpack_from(payload, DESC.size))]
-        else:
-            cookies = [TransportCookie._make(TRANSPORT_COOKIE.unpack_from(payload, DESC.size + 16 * i)) for i in range(ncookies)]
-        try:
-            # The copy is rounded up to 8 bytes, as the hypervisor's; one copy out of it.
-            return memory.read(cookies, (size + PACKET_SKIP + 7) & ~7, PACKET_SKIP, PACKET_SKIP + size)
-        except BackendError as exc:
-            log.info("vnet: frame with bad cookies dropped: %s", exc)
-            self.counters["rx_errors"] += 1
-            return None
+    def _count_refused(self, rx: FrameBatch) -> None:
+        ffi, lib = native()
+        lengths = ffi.unpack(rx.lengths, rx.count)
+        tagged = lengths.count(lib.VNET_RX_TAGGED)  # tags only from 1.3
+        bad_cookies = lengths.count(lib.VNET_RX_BAD_COOKIE)
+        self.counters["rx_dropped"] += tagged
+        self.counters["rx_errors"] += rx.count - rx.good - tagged
+        if bad_cookies:
+            log.info("vnet: %d frames with bad cookies dropped", bad_cookies)
+
+    def _peer_struct(self, memory: PeerMemory) -> Any:
+        """The C view of the peer's map table and segments (rebuilt when it shares more)."""
+        table, segments = _peer_maps(memory)
+        cached = self._peer
+        if cached is not None and cached[0] is table and cached[1] == len(segments):
+            return cached[2]
+        ffi, _ = native()
+        pinned = [_pin(view) for view in segments.values()]
+        array = ffi.new("struct vnet_segment[]", [{"id": sid, "base": base, "size": len(view)}
+                                                  for sid, view, (_, base) in zip(segments, segments.values(), pinned)] or 1)
+        peer = ffi.new("struct vnet_peer *", {"segments": array, "nsegments": len(pinned)})
+        keep: list[Any] = [array, pinned]
+        if table is not None:
+            keep.append(_pin(table))
+            peer.table, peer.entries = keep[-1][1], len(table) // 8
+        self._peer = (table, len(segments), peer, keep)
+        return peer
+
+    def _each_frame(self, batch: FrameBatch) -> None:
+        for frame in batch.frames():
+            self.on_frame(frame)
 
     def on_packet(self, data: bytes) -> None:
         if 14 <= len(data) <= self.mtu:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from ..errors import GuestError
 from ..ldc.aio import LdcEndpoint, SocketServer
@@ -20,6 +21,7 @@ from ..ldc.channel import Channel
 from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
 from ..vio.session import Session
+from .batch import FrameBatch, PairGroups
 from .port import PortConfig
 from .switch import Switch
 from .vnet import FRAME_LEN, VnetDevice
@@ -34,7 +36,7 @@ class VnetPort:
         self.switch = switch
         self.config = config
         self.clock = clock
-        self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frame=self._from_vnet)
+        self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frames=self._from_vnet)
         self.device.on_multicast = self._multicast
         self.device.on_up = self._established
         self.endpoint = VioEndpoint(ldc, self.device)
@@ -52,8 +54,8 @@ class VnetPort:
         log.info("vsw %s: port %s up (vnet %d.%d, peer %s, frame MTU %d)", self.switch.name, self.config.name,
                  version[0], version[1], self.device.peer_mac.hex(":") if self.device.peer_mac else "?", self.device.mtu)
 
-    def _from_vnet(self, frame: bytes) -> None:
-        self.switch.receive(self, frame, self.clock())
+    def _from_vnet(self, batch: FrameBatch) -> None:
+        self.switch.receive_batch(self, batch, self.clock())
 
     def _multicast(self, join: bool, group: bytes) -> bool:
         try:
@@ -69,6 +71,11 @@ class VnetPort:
     def transmit(self, frame: bytes) -> None:
         """A frame from the switch for this vnet."""
         if self.device.send_frame(frame):
+            self.endpoint.pump_soon()
+
+    def transmit_groups(self, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> None:
+        """The frames of the selected groups of a batch, in order (the switch's batch path)."""
+        if self.device.send_groups(batch, groups, selected):
             self.endpoint.pump_soon()
 
     def detach(self) -> None:
@@ -115,8 +122,10 @@ class VnetClient:
     """A guest-side vnet: send frames, get frames, join multicast groups."""
 
     def __init__(self, ldc: LdcEndpoint, mac: bytes, *, mtu: int = FRAME_LEN, on_frame: Callable[[bytes], None] | None = None) -> None:
-        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
-        self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame or self.frames.put_nowait)
+        self.frames: deque[bytes] = deque()  # received, not yet taken (unless on_frame takes them)
+        self._arrived = asyncio.Event()
+        self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame,
+                                 on_frames=None if on_frame else self._arrive)
         self.endpoint = VioEndpoint(ldc, self.device)
         self.mac = mac
         self._space = asyncio.Event()
@@ -138,18 +147,46 @@ class VnetClient:
         """Send, waiting while our TX ring is full (flow control for bulk senders)."""
         if not 14 <= len(frame) <= self.device.mtu:
             raise ConnectionError(f"a {len(frame)}-byte frame does not fit this vnet (MTU {self.device.mtu})")
+        await self._tx_room(timeout)
+        if not self.send(frame):
+            raise ConnectionError("vnet refused the frame")
+
+    async def send_all(self, frames: Sequence[bytes], timeout: float = 5.0) -> None:
+        """Send frames in order, as many per ring refill as fit (bulk senders); a frame the
+        vnet refuses (size, tag) is counted as dropped, as with `send`."""
+        sent = 0
+        while sent < len(frames):
+            await self._tx_room(timeout)
+            sent += self.device.send_frames(frames[sent:])
+            self.endpoint.pump_soon()
+
+    async def _tx_room(self, timeout: float) -> None:
         while not self.device.tx_free():
             if not self.device.is_up:
                 raise ConnectionError("vnet link is down")
             self._space.clear()
             await asyncio.wait_for(self._space.wait(), timeout)
-        if not self.send(frame):
-            raise ConnectionError("vnet refused the frame")
+
+    def _arrive(self, batch: FrameBatch) -> None:
+        self.frames.extend(batch.frames())
+        self._arrived.set()
 
     async def receive(self, timeout: float = 5.0) -> bytes:
-        if not self.frames.empty():  # the common case under load: no timer, no task
-            return self.frames.get_nowait()
-        return await asyncio.wait_for(self.frames.get(), timeout)
+        """The next frame received (TimeoutError after `timeout` seconds without one)."""
+        await self._wait_frames(timeout)
+        return self.frames.popleft()
+
+    async def receive_many(self, timeout: float = 5.0) -> list[bytes]:
+        """Every frame received so far, at least one (bulk receivers)."""
+        await self._wait_frames(timeout)
+        frames = list(self.frames)
+        self.frames.clear()
+        return frames
+
+    async def _wait_frames(self, timeout: float) -> None:
+        while not self.frames:  # under load the frames are already here: no timer, no task
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), timeout)
 
     def join(self, groups: list[bytes], join: bool = True) -> None:
         self.device.set_multicast(groups, join)

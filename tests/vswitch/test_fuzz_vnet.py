@@ -118,8 +118,7 @@ _dds = st.tuples(
 def _cookies_of(client, wanted: list[tuple[int, int, int]]) -> bytes:
     out = b""
     for slot, offset, size in wanted:
-        base = client._slots[slot].export.cookies[0]
-        out += TransportCookie(base.addr + offset, size).encode()
+        out += TransportCookie(client._slot_cookies[slot] + offset, size).encode()
     return out
 
 

@@ -1,0 +1,214 @@
+/* vNet descriptor-ring data path (see vnet.h and backend/vswitch/vnet.py).
+ *
+ * Everything the peer wrote is untrusted: descriptor fields, cookies, map-table
+ * entries. Each is read once into a local and checked against the memory the
+ * peer really shared before a byte is copied. Frames sit PACKET_SKIP bytes into
+ * their buffers and the peer must grant the copy rounded up to 8 bytes, as the
+ * hypervisor's ldc_mem_copy wants (Linux VNET_PACKET_SKIP, illumos VNET_IPALIGN).
+ */
+#include "vnet.h"
+
+#include <string.h>
+
+#define PACKET_SKIP 6u
+#define MIN_FRAME 14u
+#define MAX_COOKIES 2u
+#define COOKIE_LEN 16u
+#define DESC_LEN 8u /* size, ncookies (after the 8-byte ring entry header) */
+#define ENTRY_HEADER 8u
+#define TX_PAYLOAD 24u /* DESC_LEN and one cookie */
+
+#define STATE_FREE 0x1
+#define STATE_READY 0x2
+#define ACK_ENABLE 0x1
+
+#define COOKIE_CODE_SHIFT 60
+#define BASE_PAGE_SHIFT 13
+#define MAX_PAGE_CODE 3u
+#define SEGMENT_SHIFT 36
+#define MTE_ADDRESS_MASK 0x0FFFFFFFFFFFE000ull
+#define MTE_PAGE_CODE_MASK 0xFull
+#define MTE_PERM_BITS 0x7F0ull
+#define PERM_COPY_READ 0x200ull
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t be64(const uint8_t *p)
+{
+    return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static uint64_t round8(uint64_t n)
+{
+    return (n + 7) & ~(uint64_t)7;
+}
+
+static const struct vnet_segment *find_segment(const struct vnet_peer *peer, uint64_t id)
+{
+    for (uint64_t i = 0; i < peer->nsegments; i++)
+        if (peer->segments[i].id == id)
+            return &peer->segments[i];
+    return NULL;
+}
+
+/* Walk the first `length` bytes of the cookies' memory, checking every page
+ * touched (valid entry, COPY_READ, inside a shared segment), and copy bytes
+ * start..stop of it to dst. 0 on success, -1 if the cookies do not grant it. */
+static int copy_in(const struct vnet_peer *peer, const uint8_t *cookies, uint32_t ncookies,
+                   uint64_t length, uint64_t start, uint64_t stop, uint8_t *dst)
+{
+    uint64_t pos = 0;
+    for (uint32_t c = 0; c < ncookies && pos < length; c++) {
+        uint64_t addr = be64(cookies + c * COOKIE_LEN);
+        uint64_t take = be64(cookies + c * COOKIE_LEN + 8);
+        if (take > length - pos)
+            take = length - pos;
+        if (!take)
+            continue;
+        uint64_t code = addr >> COOKIE_CODE_SHIFT;
+        if (code > MAX_PAGE_CODE)
+            return -1;
+        unsigned shift = BASE_PAGE_SHIFT + 3 * (unsigned)code;
+        uint64_t page = 1ull << shift;
+        uint64_t position = addr & (page - 1);
+        uint64_t index = (addr & ((1ull << COOKIE_CODE_SHIFT) - 1)) >> shift;
+        while (take) {
+            if (index >= peer->entries)
+                return -1;
+            uint64_t entry = be64(peer->table + index * 8);
+            if ((entry & MTE_PAGE_CODE_MASK) != code || !(entry & MTE_PERM_BITS) || !(entry & PERM_COPY_READ))
+                return -1;
+            uint64_t real = entry & MTE_ADDRESS_MASK;
+            const struct vnet_segment *segment = find_segment(peer, real >> SEGMENT_SHIFT);
+            uint64_t chunk = page - position < take ? page - position : take;
+            uint64_t from = (real & ((1ull << SEGMENT_SHIFT) - 1)) + position;
+            if (!segment || from > segment->size || chunk > segment->size - from)
+                return -1;
+            uint64_t lo = pos > start ? pos : start;
+            uint64_t hi = pos + chunk < stop ? pos + chunk : stop;
+            if (lo < hi)
+                memcpy(dst + (lo - start), segment->base + from + (lo - pos), hi - lo);
+            pos += chunk;
+            take -= chunk;
+            position = 0;
+            index++;
+        }
+    }
+    return pos == length ? 0 : -1;
+}
+
+int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct vnet_peer *peer,
+                uint32_t mtu, int allow_tags, struct vnet_frames *out)
+{
+    if (n > out->count)
+        return -1;
+    uint64_t room = desc_len >= DESC_LEN ? (desc_len - DESC_LEN) / COOKIE_LEN : 0;
+    if (room > MAX_COOKIES)
+        room = MAX_COOKIES;
+    uint64_t cursor = 0;
+    out->good = out->bytes = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *desc = descs + i * desc_len;
+        out->offsets[i] = cursor;
+        uint32_t size = room ? be32(desc) : 0;
+        uint32_t ncookies = room ? be32(desc + 4) : 0;
+        if (size < MIN_FRAME || size > mtu || ncookies < 1 || ncookies > room || size > out->size - cursor
+            || cursor > out->size) {
+            out->lengths[i] = VNET_RX_BAD_DESC;
+            continue;
+        }
+        uint8_t *frame = out->data + cursor;
+        if (copy_in(peer, desc + DESC_LEN, ncookies, round8(size + PACKET_SKIP), PACKET_SKIP,
+                    PACKET_SKIP + size, frame)) {
+            out->lengths[i] = VNET_RX_BAD_COOKIE;
+            continue;
+        }
+        if (!allow_tags && frame[12] == 0x81 && frame[13] == 0x00) {
+            out->lengths[i] = VNET_RX_TAGGED;
+            continue;
+        }
+        out->lengths[i] = (int32_t)size;
+        cursor += round8(size);
+        out->good++;
+        out->bytes += size;
+    }
+    return (int64_t)out->good;
+}
+
+static int frame_fits(const struct vnet_tx_ring *tx, const struct vnet_frames *frames, uint64_t i)
+{
+    int32_t len = frames->lengths[i];
+    if (len < (int32_t)MIN_FRAME || (uint32_t)len > tx->mtu || frames->offsets[i] > frames->size
+        || (uint64_t)len > frames->size - frames->offsets[i] || len + PACKET_SKIP > tx->slot_size)
+        return 0;
+    const uint8_t *frame = frames->data + frames->offsets[i];
+    return tx->allow_tags || frame[12] != 0x81 || frame[13] != 0x00;
+}
+
+void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64_t pending,
+             const struct vnet_frames *frames, const int32_t *group_of, const uint8_t *selected,
+             uint64_t ngroups, struct vnet_tx_result *result)
+{
+    memset(result, 0, sizeof *result);
+    int ring_ok = tx->count && tx->desc_size >= ENTRY_HEADER + TX_PAYLOAD && prod < tx->count
+                  && tx->count <= tx->ring_size / tx->desc_size && tx->ack_every
+                  && tx->count <= tx->buffers_size / (tx->slot_size ? tx->slot_size : 1) && tx->slot_size;
+    uint64_t i = 0;
+    for (; i < frames->count; i++) {
+        if (group_of) {
+            int32_t g = group_of[i];
+            if (g < 0 || (uint64_t)g >= ngroups || !selected[g])
+                continue;
+        } else if (frames->lengths[i] < 0) {
+            continue;
+        }
+        if (!ring_ok || result->queued == room)
+            break;
+        if (!frame_fits(tx, frames, i)) {
+            result->refused++;
+            continue;
+        }
+        uint64_t index = (prod + result->queued) % tx->count;
+        uint8_t *entry = tx->ring + index * tx->desc_size;
+        if (entry[0] != STATE_FREE)
+            break; /* the session finds the ring broken when it queues there */
+        uint32_t len = (uint32_t)frames->lengths[i];
+        uint8_t *slot = tx->buffers + index * tx->slot_size;
+        memcpy(slot + PACKET_SKIP, frames->data + frames->offsets[i], len);
+        uint8_t payload[TX_PAYLOAD];
+        put_be32(payload, len);
+        put_be32(payload + 4, 1);
+        put_be64(payload + 8, tx->slot_cookies[index]);
+        put_be64(payload + 16, round8(len + PACKET_SKIP));
+        int ack = (pending + result->queued) % tx->ack_every == tx->ack_every - 1;
+        if (result->queued == 0) {
+            memcpy(result->first_desc, payload, TX_PAYLOAD); /* the session queues it and kicks */
+            result->first_ack = ack;
+        } else {
+            memset(entry + 1, 0, ENTRY_HEADER - 1);
+            entry[1] = ack ? ACK_ENABLE : 0;
+            memcpy(entry + ENTRY_HEADER, payload, TX_PAYLOAD);
+            __atomic_store_n(entry, (uint8_t)STATE_READY, __ATOMIC_RELEASE); /* last: the peer may look */
+        }
+        result->queued++;
+        result->bytes += len;
+    }
+    result->consumed = i;
+}
