@@ -7,8 +7,10 @@ process. Each request crosses client -> agent -> LDC -> agent -> provider
 and back (six process hops). Printed with the window of outstanding
 requests (1 = strict ping-pong) and the CPU time per round trip of each
 process (client, both agents, provider), which a busy machine disturbs far
-less than the rate. Reference in the same run: the same ping-pong between
-two processes over a bare SOCK_SEQPACKET pair.
+less than the rate. References in the same run: the same ping-pong between
+two processes over a bare SOCK_SEQPACKET pair, and the DS path's shape with
+no DS in it (two asyncio processes relaying records between the client and
+an echo process, `relay_chain`).
 Run via scripts/bench-ds.
 """
 
@@ -77,6 +79,80 @@ def bare_socket(count: int) -> float:
     return count / elapsed
 
 
+def relay_chain(count: int, window: int) -> tuple[float, dict[str, float]]:
+    """The DS path's shape with nothing but forwarding: client -> relay -> relay -> echo and back.
+
+    Each relay is an asyncio process that drains what is readable and sends it
+    on record by record, as an agent does; the echo answers with a blocking
+    loop. So this is the floor for four Python processes and seven wake-ups
+    per strict round trip. Returns (round trips/s, CPU seconds per process).
+    """
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(3)]
+    everything = [s for pair in pairs for s in pair]
+    pids = {
+        "relay A": _spawn(lambda: _relay(pairs[0][1], pairs[1][0]), (pairs[0][1], pairs[1][0]), everything),
+        "relay B": _spawn(lambda: _relay(pairs[1][1], pairs[2][0]), (pairs[1][1], pairs[2][0]), everything),
+        "echo": _spawn(lambda: _echo(pairs[2][1]), (pairs[2][1],), everything),
+    }
+    ours = pairs[0][0]
+    for sock in everything[1:]:
+        sock.close()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu, start = time.process_time(), time.perf_counter()
+    for _ in range(min(window, count)):
+        ours.send(REQUEST)
+    for done in range(count):
+        ours.recv(64)
+        if done + window < count:
+            ours.send(REQUEST)
+    rate = count / (time.perf_counter() - start)
+    used = {"client": time.process_time() - cpu, **{name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}}
+    ours.close()
+    for pid in pids.values():
+        os.waitpid(pid, 0)
+    return rate, used
+
+
+def _spawn(body, keep: tuple[socket.socket, ...], everything: list[socket.socket]) -> int:  # type: ignore[no-untyped-def]
+    """Fork a child that runs `body`; it keeps only the sockets in `keep` (so a close reaches the peer)."""
+    pid = os.fork()
+    if pid == 0:
+        for sock in everything:
+            if sock not in keep:
+                sock.close()
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _relay(left: socket.socket, right: socket.socket) -> None:
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+
+    def forward(source: socket.socket, target: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data = source.recv(64, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not data:
+                loop.stop()
+                return
+            target.send(data)
+
+    loop.add_reader(left.fileno(), forward, left, right)
+    loop.add_reader(right.fileno(), forward, right, left)
+    loop.run_forever()
+
+
+def _echo(sock: socket.socket) -> None:
+    while data := sock.recv(64):
+        sock.send(data)
+
+
 def c_client(build_dir: str, env: dict[str, str], count: int, window: int) -> tuple[float, float]:
     """(round trips/s, the client's CPU seconds for them), as bench_client prints them."""
     program = os.path.join(build_dir, "bench_client")
@@ -95,9 +171,13 @@ class CpuMeter:
         before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         rate, client_cpu = case()
         used = {"client": client_cpu, **{name: cpu_seconds(pid) - before[name] for name, pid in self.pids.items()}}
-        per_trip = "  ".join(f"{name} {seconds * 1e6 / count:5.0f}" for name, seconds in used.items())
-        total = sum(used.values()) * 1e6 / count
-        return f"{rate:>14,.0f}   {per_trip}  total {total:5.0f}"
+        return result_line(rate, used, count)
+
+
+def result_line(rate: float, used: dict[str, float], count: int) -> str:
+    """The rate, then each process's CPU microseconds per round trip and their sum."""
+    per_trip = "  ".join(f"{name} {seconds * 1e6 / count:5.0f}" for name, seconds in used.items())
+    return f"{rate:>14,.0f}   {per_trip}  total {sum(used.values()) * 1e6 / count:5.0f}"
 
 
 def main() -> None:
@@ -122,6 +202,9 @@ def main() -> None:
             meter = CpuMeter({"agent A": primary.process.pid, "agent B": guest.process.pid, "provider": server.pid})
             print(f"{'case':<36} {'round trips/s':>14}   CPU us per round trip")
             print(f"{'reference: bare SEQPACKET ping-pong':<36} {bare_socket(args.count):>14,.0f}")
+            for window in windows:
+                rate, used = relay_chain(args.count, window)
+                print(f"{f'reference: 2 asyncio relays, window {window}':<36} {result_line(rate, used, args.count)}", flush=True)
             for window in windows:
                 line = meter.run(args.count, lambda: python_client(args.count, window))
                 print(f"{f'Python client, window {window}':<36} {line}", flush=True)

@@ -176,8 +176,11 @@ class DsFramework(Outbox[tuple[int, bytes], str]):
             self._fast_send(instance, record)
             return
         message = control.decode_request(record)
+        mark = len(self._output)
         result, body = self._answer(instance, message)
-        self._output.append((instance, control.encode(control.Reply(message.seq, result, body))))
+        # The reply goes before the events the request caused (a loopback registration connects
+        # at once): the library learns a new handle from the reply, then its events make sense.
+        self._output.insert(mark, (instance, control.encode(control.Reply(message.seq, result, body))))
         self._settle()
 
     def _fast_send(self, instance: int, record: bytes) -> None:

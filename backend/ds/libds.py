@@ -315,9 +315,15 @@ class LibDs:
             self._lock.acquire()
 
     def _pump_one(self) -> bool:
-        """On the reader thread (inside a callback): read and act on one record; False when the agent is gone."""
+        """On the reader thread (inside a callback): read and act on one record; False when the agent is gone.
+
+        Held records go first: what the callback waits for may be the answer to one.
+        """
         sock = self._sock
         try:
+            if sock is not None and self._held:
+                with self._send_lock:
+                    self._send_held(sock)
             record = sock.recv(MAX_RECORD) if sock is not None else b""
             if record:
                 self._dispatch_record(record)

@@ -169,6 +169,8 @@ def test_loopback_connects_a_local_provider_and_client(pair) -> None:
     _, client = primary.register(c, "agent-system", client=True, versions=((1, 0),))
     (creg,) = primary.events(c, control.Registered)
     assert creg.dhdl == 0 and creg.version == (1, 0) and primary.events(p, control.Registered)[0].handle == provider
+    kinds = [type(m) for m in primary.inbox[c]]
+    assert kinds.index(control.Reply) < kinds.index(control.Registered)  # the library learns the handle first
     assert primary.send(c, client, b"to provider") == 0 and primary.send(p, provider, b"to client") == 0
     assert [e.payload for e in primary.events(p, control.DataEvent)] == [b"to provider"]
     assert [e.payload for e in primary.events(c, control.DataEvent)] == [b"to client"]

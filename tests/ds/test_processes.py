@@ -108,6 +108,29 @@ def test_bursts_are_answered_in_order(domains) -> None:
     provider.stop()
 
 
+def test_a_callback_waiting_for_the_answer_to_its_own_send_gets_it(domains) -> None:
+    """Sends from callbacks are held until the callbacks are done, but never while one waits for an answer."""
+    primary, _ = domains
+    inner_provider, middle, outer_client = (libds.LibDs(primary.socket) for _ in range(3))
+    echo = libds.Ops(data_cb=lambda hdl, arg, data: inner_provider.ds_send_msg(hdl, b"echo: " + data))
+    assert inner_provider.ds_svc_reg(libds.Capability("inner", [(1, 0)]), echo) == 0
+    assert middle.ds_clnt_reg(libds.Capability("inner", [(1, 0)]), libds.Ops()) == 0
+    inner = _poll(middle, "inner", True)
+
+    def relay(hdl: int, arg: object, data: bytes) -> None:  # on middle's reader thread
+        assert middle.ds_send_msg(inner, data) == 0
+        result, answer, _ = middle.ds_recv_msg(inner, 64, timeout=10)
+        middle.ds_send_msg(hdl, answer if result == 0 else b"error %d" % result)
+
+    assert middle.ds_svc_reg(libds.Capability("outer", [(1, 0)]), libds.Ops(data_cb=relay)) == 0
+    assert outer_client.ds_clnt_reg(libds.Capability("outer", [(1, 0)]), libds.Ops()) == 0
+    outer = _poll(outer_client, "outer", True)
+    assert outer_client.ds_send_msg(outer, b"ping") == 0
+    assert outer_client.ds_recv_msg(outer, 64, timeout=20) == (0, b"echo: ping", 10)
+    for lib in (outer_client, middle, inner_provider):
+        lib.ds_fini()
+
+
 def test_a_batch_of_requests_gets_every_reply_and_a_lying_batch_drops_the_connection(domains) -> None:
     primary, _ = domains
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
