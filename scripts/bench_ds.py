@@ -183,7 +183,7 @@ def result_line(rate: float, used: dict[str, float], count: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--windows", default="1,16")
+    parser.add_argument("--windows", default="1,16,32")
     parser.add_argument("--no-c", action="store_true", help="skip the C client (no gcc/libds build)")
     parser.add_argument("--provider", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -200,21 +200,21 @@ def main() -> None:
             os.environ["VIO_DS_SOCKET"] = primary.socket
             assert primary.process is not None and guest.process is not None
             meter = CpuMeter({"agent A": primary.process.pid, "agent B": guest.process.pid, "provider": server.pid})
-            print(f"{'case':<36} {'round trips/s':>14}   CPU us per round trip")
-            print(f"{'reference: bare SEQPACKET ping-pong':<36} {bare_socket(args.count):>14,.0f}")
+            print(f"{'case':<40} {'round trips/s':>14}   CPU us per round trip")
+            print(f"{'reference: bare SEQPACKET ping-pong':<40} {bare_socket(args.count):>14,.0f}")
             for window in windows:
                 rate, used = relay_chain(args.count, window)
-                print(f"{f'reference: 2 asyncio relays, window {window}':<36} {result_line(rate, used, args.count)}", flush=True)
+                print(f"{f'reference: 2 asyncio relays, window {window}':<40} {result_line(rate, used, args.count)}", flush=True)
             for window in windows:
                 line = meter.run(args.count, lambda: python_client(args.count, window))
-                print(f"{f'Python client, window {window}':<36} {line}", flush=True)
+                print(f"{f'Python client, window {window}':<40} {line}", flush=True)
             if not args.no_c:
                 from backend.ds.cbuild import build_examples
 
                 build_dir = build_examples(os.path.join(tmp, "c"))
                 for window in windows:
                     line = meter.run(args.count, lambda: c_client(build_dir, primary.environment(), args.count, window))
-                    print(f"{f'C client (libds.so), window {window}':<36} {line}", flush=True)
+                    print(f"{f'C client (libds.so), window {window}':<40} {line}", flush=True)
         finally:
             if server.stdin:
                 server.stdin.close()
