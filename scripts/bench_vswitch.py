@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
-from backend.vswitch.vnet_port import VnetClient
-
 from procstat import cpu_seconds  # scripts/procstat.py
+
+from backend.vswitch.vnet_port import VnetClient
 
 SENDER = bytes.fromhex("020000000a01")
 RECEIVER = bytes.fromhex("020000000a02")

@@ -70,7 +70,7 @@ class FrameBatch:
         return int(self.struct.good)
 
     @property
-    def bytes(self) -> int:
+    def total(self) -> int:
         """Bytes of the frames present."""
         return int(self.struct.bytes)
 

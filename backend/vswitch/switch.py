@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import BackendError, ConfigError, GuestError
+from .batch import FrameBatch, PairGroups
 from .frames import (
     HEADER_LEN,
     MAC_LEN,
@@ -71,7 +72,6 @@ from .frames import (
     tag,
     untag,
 )
-from .batch import FrameBatch, PairGroups
 from .offload import check, finish, first_segment, needed
 from .port import Offloads, Port
 from .vnet_hdr import VirtioNetHdr
@@ -488,11 +488,11 @@ class Switch:
         # get evicted from a full table depends on it.
         vlan = member.port.config.pvid
         for i in sorted(slow + list(learn_at)):
-            g = learn_at.get(i)
-            if g is None:
+            group = learn_at.get(i)
+            if group is None:
                 self.receive(port, batch.frame(i), now)
             else:
-                self._learn(member, vlan, pairs[g][1], now)  # a refresh (see _pair_route)
+                self._learn(member, vlan, pairs[group][1], now)  # a refresh (see _pair_route)
         for out, selected in egress.values():
             self._emit_groups(out, batch, groups, selected)
 

@@ -345,7 +345,8 @@ class VnetDevice(Device):
         """Queue frames in order while our TX ring has room; returns how many were taken
         (queued, or refused for size or tag and counted as dropped). The caller keeps the
         rest until `on_tx_space`."""
-        return self._queue(FrameBatch.of(frames))[1] if frames else 0
+        room = self.tx_free()  # only what can go now is copied into a batch
+        return self._queue(FrameBatch.of(frames[:room]))[1] if frames and room else 0
 
     def send_groups(self, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> int:
         """Queue the frames of `batch` in the `selected` groups (one byte per group); those our
@@ -385,16 +386,17 @@ class VnetDevice(Device):
         if rx is None or rx.capacity < n:
             rx = self._rx = FrameBatch.empty(max(n, RX_BATCH), self.mtu)
         rx.struct.count = n
+        indices, payloads = zip(*batch)
         _, lib = native()
-        lib.vnet_rx(b"".join([payload for _, payload in batch]), len(batch[0][1]), n,
+        lib.vnet_rx(b"".join(payloads), len(payloads[0]), n,
                     self._peer_struct(session.memory.peer_memory), self.mtu, self.vlan_tags_allowed, rx.struct)
         if rx.good != n:
             self._count_refused(rx)
         if rx.good:
             self.counters["rx_frames"] += rx.good
-            self.counters["rx_bytes"] += rx.bytes
+            self.counters["rx_bytes"] += rx.total
             self.on_frames(rx)
-        session.complete_many(ring, [index for index, _ in batch])
+        session.complete_many(ring, list(indices))
 
     def _count_refused(self, rx: FrameBatch) -> None:
         ffi, lib = native()

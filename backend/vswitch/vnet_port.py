@@ -25,6 +25,7 @@ from .batch import FrameBatch, PairGroups
 from .port import PortConfig
 from .switch import Switch
 from .vnet import FRAME_LEN, VnetDevice
+from .vnet_hdr import VirtioNetHdr
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class VnetPort:
             log.warning("vsw %s: port %s multicast %s refused: %s", self.switch.name, self.config.name, group.hex(":"), exc)
             return False
 
-    def transmit(self, frame: bytes) -> None:
-        """A frame from the switch for this vnet."""
+    def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
+        """A frame from the switch for this vnet (never with a header: a vnet port takes no offloads)."""
         if self.device.send_frame(frame):
             self.endpoint.pump_soon()
 

@@ -9,7 +9,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from backend.errors import BackendError
-from backend.ldc.memory import PERM_RO, PERM_RW, MapTable, PeerMemory, Perm, Segment, TransportCookie
+from backend.ldc.memory import (
+    PERM_RO,
+    PERM_RW,
+    MapTable,
+    PeerMemory,
+    Perm,
+    Segment,
+    TransportCookie,
+)
 from backend.native import native
 from backend.vswitch.batch import FrameBatch
 from backend.vswitch.vnet import DESC, PACKET_SKIP
@@ -112,7 +120,7 @@ def test_rx_takes_exactly_what_the_cookies_grant(data) -> None:
     got = [rx.frame(i) if rx.lengths[i] >= 0 else rx.lengths[i] for i in range(len(payloads))]
     assert got == expected
     assert good == rx.good == sum(isinstance(e, bytes) for e in expected)
-    assert rx.bytes == sum(len(e) for e in expected if isinstance(e, bytes))
+    assert rx.total == sum(len(e) for e in expected if isinstance(e, bytes))
     assert rx.frames() == [e for e in expected if isinstance(e, bytes)]
     event(f"frames through: {min(good, 1)}, bad cookies: {min(expected.count(lib.VNET_RX_BAD_COOKIE), 1)}, tagged: {min(expected.count(lib.VNET_RX_TAGGED), 1)} (0/1)")
 
@@ -137,11 +145,12 @@ def _tx_case(draw):
     frames = [draw(st.binary(min_size=n, max_size=n)) for n in draw(st.lists(sizes, max_size=12))]
     frames = [f if len(f) < 14 or draw(st.booleans()) else f[:12] + b"\x81\x00" + f[14:] for f in frames]
     states = [draw(st.sampled_from([FREE, FREE, FREE, READY, 0x4, draw(st.integers(0, 255))])) for _ in range(count)]
-    return dict(count=count, desc_size=desc_size, slot=slot, frames=frames, states=states,
-                prod=draw(st.integers(0, count - 1)), room=draw(st.sampled_from([0, 1, count - 1]) | st.integers(0, count)), pending=draw(st.integers(0, 100)),
-                mtu=draw(st.sampled_from([64, 1514, 1518, 1518])), allow_tags=draw(st.booleans()),
-                groups=draw(st.none() | st.none() | st.lists(st.integers(-2, 3), min_size=12, max_size=12)),
-                selected=draw(st.binary(min_size=4, max_size=4)))
+    return {"count": count, "desc_size": desc_size, "slot": slot, "frames": frames, "states": states,
+            "prod": draw(st.integers(0, count - 1)), "room": draw(st.sampled_from([0, 1, count - 1]) | st.integers(0, count)),
+            "pending": draw(st.integers(0, 100)), "mtu": draw(st.sampled_from([64, 1514, 1518, 1518])),
+            "allow_tags": draw(st.booleans()),
+            "groups": draw(st.none() | st.none() | st.lists(st.integers(-2, 3), min_size=12, max_size=12)),
+            "selected": draw(st.binary(min_size=4, max_size=4))}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
