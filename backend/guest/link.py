@@ -86,7 +86,7 @@ class GuestChannel:
 
     def _send(self) -> None:
         ram, sent = self.ldc.guest.ram, False
-        while self._pending and self._tx_free:
+        while self._pending and (self._tx_free or self._reclaim_tx()):
             buffer = self._tx_free.popleft()
             view = ram.view(buffer.gpa, buffer.length)
             used = 0
@@ -121,12 +121,19 @@ class GuestChannel:
         if posted:
             self.ldc.guest.kick(self.rx.index)
 
-    def on_tx_call(self) -> None:
+    def _reclaim_tx(self) -> bool:
+        """Every transmit buffer is out: take back those the device finished. Only
+        when none is back yet do we ask for a call (no call per buffer otherwise)."""
+        rearm = False
         while True:
-            for head, _ in self.tx.take_used():
+            for head, _ in self.tx.take_used(rearm=rearm):
                 self._tx_free.append(self._tx_busy.pop(head))
-            if not self.tx.pending_used():
-                break
+            if self._tx_free or (rearm and not self.tx.pending_used()):  # else: finished as we asked
+                return bool(self._tx_free)
+            rearm = True
+
+    def on_tx_call(self) -> None:
+        """The device finished transmit buffers while we were out of them."""
         self._send()
         self.endpoint.drained()
 

@@ -139,6 +139,17 @@ class QueueRunner:
     def fail(self, reason: str) -> None:
         self._connection.device_broken(f"queue {self.index}: {reason}")
 
+    def want_kicks(self) -> bool:
+        if self.stopped:
+            return False
+        try:
+            return self.queue.enable_kicks()
+        except QueueBroken as exc:
+            self.fail(str(exc))
+        except RingsUnmapped:
+            pass
+        return False
+
     # ---- the loop's side ------------------------------------------------------------
 
     def _on_kick(self) -> None:
@@ -170,7 +181,7 @@ class QueueRunner:
         if self.stopped or self._parked:
             return  # parked: the IOTLB update wakes us
         try:
-            more = self._exhausted or self.queue.enable_kicks()
+            more = self._exhausted or (self._connection.device.kicks_wanted(self.index) and self.queue.enable_kicks())
         except QueueBroken as exc:
             self.fail(str(exc))
             return

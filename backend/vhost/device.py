@@ -49,6 +49,10 @@ class ServedQueue(Protocol):
     def fail(self, reason: str) -> None:
         """The driver sent something impossible: the device needs a reset (NEEDS_RESET)."""
 
+    def want_kicks(self) -> bool:
+        """Ask the driver to kick on its next buffer (for a device that turned kicks down,
+        see VirtioDevice.kicks_wanted); True if buffers arrived meanwhile: pop them."""
+
 
 class VirtioDevice(ABC):
     """A virtio device served over vhost-user."""
@@ -85,6 +89,16 @@ class VirtioDevice(ABC):
     @abstractmethod
     def handle_queue(self, queue: ServedQueue) -> None:
         """The queue was kicked (or has work left from a previous turn): take requests."""
+
+    def kicks_wanted(self, index: int) -> bool:
+        """After a turn: should the driver kick when it adds buffers to queue `index`?
+
+        Yes by default. A device that takes buffers itself when it needs them (a
+        receive queue it fills as records arrive) may say no while it holds
+        enough, and call ServedQueue.want_kicks when it runs dry: every kick the
+        driver does not send is a wake-up saved on both sides.
+        """
+        return True
 
     def queue_stopped(self, index: int) -> None:
         """The queue stopped (GET_VRING_BASE, reset, broken device): forget it."""

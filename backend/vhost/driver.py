@@ -203,8 +203,12 @@ class DriverQueue:
             return ((new - avail_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not U16.unpack_from(self.used, 0)[0] & VRING_USED_F_NO_NOTIFY
 
-    def take_used(self) -> list[tuple[int, int]]:
-        """Chains the device returned since last time: (head, bytes written). Frees their descriptors."""
+    def take_used(self, *, rearm: bool = True) -> list[tuple[int, int]]:
+        """Chains the device returned since last time: (head, bytes written). Frees their descriptors.
+
+        With event index, `rearm` asks for a call on the next completion; without
+        it the used_event index stays behind and the device does not call (a
+        transmit queue reclaims its buffers when it needs them instead)."""
         out = []
         used_idx = U16.unpack_from(self.used, 2)[0]
         while self.last_used != used_idx:
@@ -217,7 +221,7 @@ class DriverQueue:
             if table is not None:
                 self.ram.free(table)
             out.append((head, written))
-        if self.event_idx:
+        if self.event_idx and rearm:
             U16.pack_into(self.avail, 4 + 2 * self.size, self.last_used)  # used_event: call me on the next one
         return out
 

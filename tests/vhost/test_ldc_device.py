@@ -96,6 +96,33 @@ def test_two_disks_through_one_device_reach_their_files(device) -> None:
         assert f.read(len(data[1])) == data[1]
 
 
+def test_one_buffer_each_way_still_carries_every_request(device, monkeypatch) -> None:
+    """With a single receive and a single transmit buffer posted, the device runs dry of
+    receive buffers (and asks for a kick) and the driver of transmit buffers (and asks
+    for a call) all the time: nothing may stall or be lost."""
+    from backend.guest import link
+
+    monkeypatch.setattr(link, "RX_BUFFERS", 1)
+    monkeypatch.setattr(link, "TX_BUFFERS", 1)
+    sock, paths = device
+    blocks = [os.urandom(4096) for _ in range(64)]
+
+    async def main() -> None:
+        ldc, clients = await _clients(sock)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(clients[0].write(n * 8192, b) for n, b in enumerate(blocks))), 30)
+            back = await asyncio.wait_for(asyncio.gather(*(clients[0].read(n * 8192, 4096) for n in range(len(blocks)))), 30)
+            assert back == blocks
+        finally:
+            ldc.close()
+
+    asyncio.run(main())
+    with open(paths[0], "rb") as f:
+        for n, block in enumerate(blocks):
+            f.seek(n * 8192)
+            assert f.read(4096) == block
+
+
 @pytest.mark.parametrize("garbage", [
     bytes([0x77, 0, 0, 0, 0, 0, 0, 0]),  # unknown record kind
     wire.encode_packets(bytes([0xFF] * 64))[0],  # a packet of an unknown LDC type

@@ -97,6 +97,7 @@ class _Channel:
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._buffers: collections.deque[tuple[ServedQueue, DescriptorChain]] = collections.deque()
+        self._receive_queue: ServedQueue | None = None  # where more buffers come from when ours run out
 
     # ---- RecordLink ---------------------------------------------------------------------
 
@@ -122,9 +123,24 @@ class _Channel:
     def take_buffers(self, queue: ServedQueue) -> None:
         """Hold every buffer the driver posted; they are filled as records arrive."""
         self.ensure_endpoint()
+        self._receive_queue = queue
+        self._hold_posted(queue)
+        self._fill()
+
+    def _hold_posted(self, queue: ServedQueue) -> None:
         while (chain := queue.pop()) is not None:
             self._buffers.append((queue, chain))
-        self._fill()
+
+    def _starved(self) -> bool:
+        """Records wait and every held buffer is used: take what the driver posted
+        since (no kick needed for that), else ask for a kick on its next one."""
+        queue = self._receive_queue
+        if queue is None:
+            return True
+        self._hold_posted(queue)
+        if not self._buffers and queue.want_kicks():
+            self._hold_posted(queue)  # posted between our look and the request
+        return not self._buffers
 
     def take_records(self, queue: ServedQueue) -> None:
         endpoint = self.ensure_endpoint()
@@ -134,7 +150,7 @@ class _Channel:
             queue.complete(chain, 0)
 
     def _fill(self) -> None:
-        while self._pending and self._buffers:
+        while self._pending and (self._buffers or not self._starved()):
             queue, chain = self._buffers.popleft()
             capacity = chain.writable_len
             if len(self._pending[0]) > capacity:
@@ -159,6 +175,8 @@ class _Channel:
         """
         self._buffers = collections.deque(item for item in self._buffers
                                           if stopped_queue is not None and item[0].index != stopped_queue)
+        if stopped_queue is None or (self._receive_queue is not None and self._receive_queue.index == stopped_queue):
+            self._receive_queue = None
         self._pending.clear()
         self._pending_bytes = 0
         endpoint, attached = self.endpoint, self.attached
@@ -223,6 +241,11 @@ class LdcDevice(VirtioDevice):
             channel.take_records(queue)
         else:
             channel.take_buffers(queue)
+
+    def kicks_wanted(self, index: int) -> bool:
+        """Receive queues: no kick per buffer posted; the channel takes new buffers
+        itself when it runs out (and asks for a kick only then)."""
+        return index % 2 == 1
 
     def queue_stopped(self, index: int) -> None:
         # Always about the current front-end: the core finishes closing a connection
