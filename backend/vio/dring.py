@@ -215,7 +215,7 @@ class OwnedRing(Ring):
             if self.states(start, length) != bytes((_FREE,)) * length:
                 raise RingError(f"ring full: an entry of {start}..{start + length - 1} is not FREE")
         room = self.size - DESC_HEADER_SIZE
-        if any(len(payload) > room for payload in payloads):
+        if max(map(len, payloads), default=0) > room:
             raise ValueError(f"a payload does not fit a {self.size}-byte descriptor")
         write, set_byte, size = self.memory.write, self.memory.set_byte, self.size
         index, last = first, n - 1
@@ -238,7 +238,7 @@ class OwnedRing(Ring):
             if states != bytes((_DONE,)) * length:
                 bad = first + next(i for i, s in enumerate(states) if s != _DONE)
                 raise RingError(f"processor acknowledged entry {end_idx} but entry {bad} is in state {self.state(bad)}")
-            done.extend(Done(first + i, p) for i, p in enumerate(self.payloads(first, length)))
+            done += [Done(index, payload) for index, payload in enumerate(self.payloads(first, length), first)]
             self.set_states(first, length, _FREE)
         self.cons = (end_idx + 1) % self.count
         self.pending -= n
