@@ -59,7 +59,6 @@ BIG_RING_BUFFERS = 3 << 19  # at most 1.5 MiB of frame buffers for the deep ring
 ATTR = struct.Struct(">BBHBBxxQQHH20x")  # the 48 bytes after the VIO tag
 MCAST = struct.Struct(">BB42s4x")
 DESC = struct.Struct(">II")  # size, ncookies (after the 8-byte ring header)
-RX_BATCH = 256  # frames the receive buffer holds at first (a walk step's worth; it grows if needed)
 DDS_VNET_NIU = 0x10
 DDS_STATUS = struct.Struct(">Q")
 DDS_SUCCESS, DDS_FAIL = 0x0, 0x1
@@ -383,8 +382,8 @@ class VnetDevice(Device):
     def on_descriptors(self, session: Session, ring: int, batch: list[tuple[int, bytes]]) -> None:
         n = len(batch)
         rx = self._rx
-        if rx is None or rx.capacity < n:
-            rx = self._rx = FrameBatch.empty(max(n, RX_BATCH), self.mtu)
+        if rx is None or rx.capacity < n:  # grown by doubling to the largest walk step seen
+            rx = self._rx = FrameBatch.empty(max(n, 2 * rx.capacity if rx else 16), self.mtu)
         rx.struct.count = n
         indices, payloads = zip(*batch)
         _, lib = native()
