@@ -22,14 +22,8 @@
 #define STATE_READY 0x2
 #define ACK_ENABLE 0x1
 
-#define COOKIE_CODE_SHIFT 60
-#define BASE_PAGE_SHIFT 13
-#define MAX_PAGE_CODE 3u
-#define SEGMENT_SHIFT 36
-#define MTE_ADDRESS_MASK 0x0FFFFFFFFFFFE000ull
-#define MTE_PAGE_CODE_MASK 0xFull
-#define MTE_PERM_BITS 0x7F0ull
-#define PERM_COPY_READ 0x200ull
+#define PERM_COPY_READ 0x200u
+#define MAX_PIECES 32 /* pages a frame's cookies may name, merged when contiguous */
 
 static uint32_t be32(const uint8_t *p)
 {
@@ -60,61 +54,33 @@ static uint64_t round8(uint64_t n)
     return (n + 7) & ~(uint64_t)7;
 }
 
-static const struct vnet_segment *find_segment(const struct vnet_peer *peer, uint64_t id)
-{
-    for (uint64_t i = 0; i < peer->nsegments; i++)
-        if (peer->segments[i].id == id)
-            return &peer->segments[i];
-    return NULL;
-}
-
-/* Walk the first `length` bytes of the cookies' memory, checking every page
- * touched (valid entry, COPY_READ, inside a shared segment), and copy bytes
- * start..stop of it to dst. 0 on success, -1 if the cookies do not grant it. */
-static int copy_in(const struct vnet_peer *peer, const uint8_t *cookies, uint32_t ncookies,
+/* Resolve the first `length` bytes of the cookies (ldc_resolve: every page
+ * checked) and copy bytes start..stop of them to dst. 0, or -1 if the cookies
+ * do not grant them. */
+static int copy_in(const struct ldc_peer_memory *peer, const uint8_t *wire_cookies, uint32_t ncookies,
                    uint64_t length, uint64_t start, uint64_t stop, uint8_t *dst)
 {
-    uint64_t pos = 0;
-    for (uint32_t c = 0; c < ncookies && pos < length; c++) {
-        uint64_t addr = be64(cookies + c * COOKIE_LEN);
-        uint64_t take = be64(cookies + c * COOKIE_LEN + 8);
-        if (take > length - pos)
-            take = length - pos;
-        if (!take)
-            continue;
-        uint64_t code = addr >> COOKIE_CODE_SHIFT;
-        if (code > MAX_PAGE_CODE)
-            return -1;
-        unsigned shift = BASE_PAGE_SHIFT + 3 * (unsigned)code;
-        uint64_t page = 1ull << shift;
-        uint64_t position = addr & (page - 1);
-        uint64_t index = (addr & ((1ull << COOKIE_CODE_SHIFT) - 1)) >> shift;
-        while (take) {
-            if (index >= peer->entries)
-                return -1;
-            uint64_t entry = be64(peer->table + index * 8);
-            if ((entry & MTE_PAGE_CODE_MASK) != code || !(entry & MTE_PERM_BITS) || !(entry & PERM_COPY_READ))
-                return -1;
-            uint64_t real = entry & MTE_ADDRESS_MASK;
-            const struct vnet_segment *segment = find_segment(peer, real >> SEGMENT_SHIFT);
-            uint64_t chunk = page - position < take ? page - position : take;
-            uint64_t from = (real & ((1ull << SEGMENT_SHIFT) - 1)) + position;
-            if (!segment || from > segment->size || chunk > segment->size - from)
-                return -1;
-            uint64_t lo = pos > start ? pos : start;
-            uint64_t hi = pos + chunk < stop ? pos + chunk : stop;
-            if (lo < hi)
-                memcpy(dst + (lo - start), segment->base + from + (lo - pos), hi - lo);
-            pos += chunk;
-            take -= chunk;
-            position = 0;
-            index++;
-        }
+    struct ldc_cookie cookies[MAX_COOKIES];
+    for (uint32_t c = 0; c < ncookies; c++) {
+        cookies[c].addr = be64(wire_cookies + c * COOKIE_LEN);
+        cookies[c].size = be64(wire_cookies + c * COOKIE_LEN + 8);
     }
-    return pos == length ? 0 : -1;
+    struct iovec iov[MAX_PIECES];
+    int pieces = ldc_resolve(peer, cookies, ncookies, length, PERM_COPY_READ, iov, MAX_PIECES);
+    if (pieces < 0)
+        return -1;
+    uint64_t pos = 0;
+    for (int i = 0; i < pieces; i++) {
+        uint64_t lo = pos > start ? pos : start;
+        uint64_t hi = pos + iov[i].iov_len < stop ? pos + iov[i].iov_len : stop;
+        if (lo < hi)
+            memcpy(dst + (lo - start), (const uint8_t *)iov[i].iov_base + (lo - pos), hi - lo);
+        pos += iov[i].iov_len;
+    }
+    return 0;
 }
 
-int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct vnet_peer *peer,
+int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct ldc_peer_memory *peer,
                 uint32_t mtu, int allow_tags, struct vnet_frames *out)
 {
     if (n > out->count)

@@ -5,20 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One piece of memory the peer shared with us (LDC segment number, our mapping of it). */
-struct vnet_segment {
-    uint64_t id;
-    uint8_t *base;
-    uint64_t size;
-};
-
-/* The peer's map table (big-endian MTEs) and segments, as LDC shares them. */
-struct vnet_peer {
-    const uint8_t *table;
-    uint64_t entries;
-    const struct vnet_segment *segments;
-    uint64_t nsegments;
-};
+#include "ldc.h"
 
 /* Frames side by side in one buffer: frame i is lengths[i] bytes at offsets[i]
  * (a negative length: no frame, with the reason from enum vnet_rx_status). */
@@ -64,7 +51,7 @@ struct vnet_tx_result {
     int first_ack;
 };
 
-int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct vnet_peer *peer,
+int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct ldc_peer_memory *peer,
                 uint32_t mtu, int allow_tags, struct vnet_frames *out);
 void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64_t pending,
              const struct vnet_frames *frames, const int32_t *group_of, const uint8_t *selected,

@@ -24,12 +24,12 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError
-from ..ldc.memory import PERM_RW, TRANSPORT_COOKIE, PeerMemory, Segment
+from ..ldc.memory import PERM_RW, TRANSPORT_COOKIE, Segment
 from ..native import native
 from ..vio.constants import DevClass, DringOption, SubType
 from ..vio.device import AttrReply, Device, RingSpec
@@ -158,13 +158,6 @@ def _pin(view: memoryview) -> tuple[Any, Any]:
     return base, base + offset
 
 
-def _peer_maps(memory: PeerMemory) -> tuple[memoryview | None, Mapping[int, memoryview]]:
-    """The peer's map table and segments (None, {} once revoked), for the C copy, which
-    checks every cookie against them. PeerMemory keeps them private so far: the
-    proposal /tmp/proposals/vswitch-peer-maps.patch gives it public accessors."""
-    return memory._table, memory._segments or {}
-
-
 class VnetDevice(Device):
     """One end of a vNet channel (either role)."""
 
@@ -208,7 +201,7 @@ class VnetDevice(Device):
         self._tx_memory: tuple[Any, ...] = ()  # what the C struct points into, kept alive with it
         self._tx_result = native()[0].new("struct vnet_tx_result *")
         self._rx: FrameBatch | None = None
-        self._peer: tuple[Any, ...] | None = None  # table, segment count, struct vnet_peer and its memory
+        self._no_peer_memory = native()[0].new("struct ldc_peer_memory *")  # revoked: every cookie fails
         self._session: Session | None = None
         self._ring: OwnedRing | None = None  # our TX ring while the session is established
         self._mcast_pending: list[McastInfo] = []
@@ -267,7 +260,6 @@ class VnetDevice(Device):
         self._ring = None
         self._tx = None
         self._tx_memory = ()
-        self._peer = None
         if self.switch_side and self.on_multicast is not None:
             for group in list(self.multicast):
                 self.on_multicast(False, group)
@@ -387,8 +379,8 @@ class VnetDevice(Device):
         rx.struct.count = n
         indices, payloads = zip(*batch)
         _, lib = native()
-        lib.vnet_rx(b"".join(payloads), len(payloads[0]), n,
-                    self._peer_struct(session.memory.peer_memory), self.mtu, self.vlan_tags_allowed, rx.struct)
+        peer = session.memory.peer_memory.native_view() or self._no_peer_memory
+        lib.vnet_rx(b"".join(payloads), len(payloads[0]), n, peer, self.mtu, self.vlan_tags_allowed, rx.struct)
         if rx.good != n:
             self._count_refused(rx)
         if rx.good:
@@ -406,24 +398,6 @@ class VnetDevice(Device):
         self.counters["rx_errors"] += rx.count - rx.good - tagged
         if bad_cookies:
             log.info("vnet: %d frames with bad cookies dropped", bad_cookies)
-
-    def _peer_struct(self, memory: PeerMemory) -> Any:
-        """The C view of the peer's map table and segments (rebuilt when it shares more)."""
-        table, segments = _peer_maps(memory)
-        cached = self._peer
-        if cached is not None and cached[0] is table and cached[1] == len(segments):
-            return cached[2]
-        ffi, _ = native()
-        pinned = [_pin(view) for view in segments.values()]
-        array = ffi.new("struct vnet_segment[]", [{"id": sid, "base": base, "size": len(view)}
-                                                  for sid, view, (_, base) in zip(segments, segments.values(), pinned)] or 1)
-        peer = ffi.new("struct vnet_peer *", {"segments": array, "nsegments": len(pinned)})
-        keep: list[Any] = [array, pinned]
-        if table is not None:
-            keep.append(_pin(table))
-            peer.table, peer.entries = keep[-1][1], len(table) // 8
-        self._peer = (table, len(segments), peer, keep)
-        return peer
 
     def _each_frame(self, batch: FrameBatch) -> None:
         for frame in batch.frames():

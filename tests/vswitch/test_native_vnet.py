@@ -65,7 +65,7 @@ def _peer(draw):
     for _ in range(draw(st.integers(0, 3))):  # junk entries: bad codes, segments, offsets
         index = draw(st.integers(0, len(raw) // 8 - 1))
         raw[index * 8 : index * 8 + 8] = struct.pack(">Q", draw(u64))
-    return PeerMemory(raw, segments), bytes(raw), segments, cookies
+    return PeerMemory(raw, segments), cookies
 
 
 @st.composite
@@ -105,14 +105,11 @@ def _expected(memory: PeerMemory, payload: bytes, mtu: int, allow_tags: bool) ->
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_rx_takes_exactly_what_the_cookies_grant(data) -> None:
-    memory, table, segments, cookies = data.draw(_peer())
+    memory, cookies = data.draw(_peer())
     payloads = data.draw(_descriptors(cookies))
     mtu = data.draw(st.sampled_from([1514, 1518, 9000]))
     allow_tags = data.draw(st.booleans())
-    seg_keep = [ffi.from_buffer("uint8_t[]", view) for view in segments.values()]
-    array = ffi.new("struct vnet_segment[]", [{"id": sid, "base": keep, "size": len(keep)} for sid, keep in zip(segments, seg_keep)])
-    table_keep = ffi.from_buffer("uint8_t[]", table)
-    peer = ffi.new("struct vnet_peer *", {"table": table_keep, "entries": len(table) // 8, "segments": array, "nsegments": len(seg_keep)})
+    peer = memory.native_view()
     rx = FrameBatch.empty(len(payloads), mtu)
     rx.struct.count = len(payloads)
     good = lib.vnet_rx(b"".join(payloads), 56, len(payloads), peer, mtu, allow_tags, rx.struct)
@@ -128,7 +125,7 @@ def test_rx_takes_exactly_what_the_cookies_grant(data) -> None:
 def test_rx_refuses_more_descriptors_than_room() -> None:
     rx = FrameBatch.empty(2, 1514)
     rx.struct.count = 2
-    peer = ffi.new("struct vnet_peer *")
+    peer = ffi.new("struct ldc_peer_memory *")
     assert lib.vnet_rx(bytes(56 * 3), 56, 3, peer, 1514, 0, rx.struct) == -1
     assert lib.vnet_rx(bytes(4 * 2), 4, 2, peer, 1514, 0, rx.struct) == 0  # descriptors too short for a size
     assert list(rx.lengths) == [lib.VNET_RX_BAD_DESC] * 2
