@@ -184,6 +184,7 @@ class NbdServer(Outbox[bytes, Event]):
         self.export = export
         self._input = _Input()
         self._state = "flags"
+        self._broken = False  # a malformed stream: nothing more goes out
         self._no_zeroes = False
         self._output.append(GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
 
@@ -199,7 +200,7 @@ class NbdServer(Outbox[bytes, Event]):
             while not self.closed and self._step():
                 pass
         except ProtocolError as exc:
-            self._close(str(exc))
+            self._close(str(exc), broken=True)
 
     def reply(self, handle: int, error: int = 0, data: bytes | memoryview = b"") -> None:
         """Answer a request (data only for a successful READ).
@@ -208,7 +209,7 @@ class NbdServer(Outbox[bytes, Event]):
         until the output is taken (a large read is sent straight from the
         buffer the disk filled).
         """
-        if not self.closed:
+        if not self._broken:  # after DISC the requests still in flight are answered
             self._output.append(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle))
             if data and not error:
                 self._output.append(data)
@@ -313,7 +314,8 @@ class NbdServer(Outbox[bytes, Event]):
         self._state = "transmission"
         self._events.append(Ready())
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, broken: bool = False) -> None:
         self._state = "closed"
+        self._broken = broken
         self._input.clear()
         self._events.append(Closed(reason))

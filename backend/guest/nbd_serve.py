@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -62,7 +63,8 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.protocol = nbd.NbdServer(server.export)
         self.transport: asyncio.Transport | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: dict[int, asyncio.Task] = {}  # requests being served, by a number of ours
+        self._numbers = itertools.count()
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid() call
 
@@ -75,15 +77,14 @@ class _Connection(asyncio.Protocol):
         self.protocol.receive(data)
         for event in self.protocol.take_events():
             if isinstance(event, nbd.Request):
-                task = self._loop.create_task(self._serve(event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                number = next(self._numbers)
+                self._tasks[number] = self._loop.create_task(self._serve(event, number))
             elif isinstance(event, nbd.Closed):
                 log.info("NBD client gone: %s", event.reason)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks.values()):
             task.cancel()
 
     def _flush_soon(self) -> None:
@@ -99,18 +100,21 @@ class _Connection(asyncio.Protocol):
         if self.protocol.closed and self.transport is not None and not self._tasks:
             self.transport.close()
 
-    async def _serve(self, request: nbd.Request) -> None:
+    async def _serve(self, request: nbd.Request, number: int) -> None:
+        """Answer one request; it leaves `_tasks` before the flush that may close the
+        connection (a done-callback would run after it, and cost a loop turn)."""
         try:
             if request.command == nbd.Command.READ and LARGE_READ < request.length <= self.server.max_block:
                 async with self.server.read_view(request) as view:
                     self.protocol.reply(request.handle, 0, view)
                     self._flush()  # the view is the vdc's buffer: out before it is reused
-                return
-            data = await self.server.execute(request)
-            self.protocol.reply(request.handle, 0, data)
+            else:
+                self.protocol.reply(request.handle, 0, await self.server.execute(request))
         except OSError as exc:
             self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
             log.info("NBD command %d at %d+%d failed: %s", request.command, request.offset, request.length, exc)
+        finally:
+            del self._tasks[number]
         self._flush_soon()
 
 
