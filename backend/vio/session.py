@@ -618,14 +618,17 @@ class Session(Outbox[bytes, Event]):
         self._walking = True
         try:
             while not walk.finished:
-                if budget <= 0:
-                    self._paused.add(ring.ident)
-                    break
                 index = walk.start if walk.last is None else ring.next(walk.last)
                 if walk.end == END_OPEN:
                     limit = count if walk.last is None else (walk.start - index) % count
                 else:
                     limit = (walk.end - index) % count + 1
+                if budget <= 0:
+                    if limit and ring.state(index) == DescState.READY:
+                        self._paused.add(ring.ident)  # more to do: resume() goes on after the edge sent this step's ACKs
+                    else:
+                        walk.finished = True  # nothing more now: end the step (and maybe the walk) without a resume
+                    break
                 if limit and not ring.order:
                     served, acks = self.device.serve_in_place(self, ring, index, min(limit, budget, count - index))
                     if served:
