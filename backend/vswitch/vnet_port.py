@@ -24,7 +24,7 @@ from ..vio.session import Session
 from .batch import FrameBatch, PairGroups
 from .port import PortConfig
 from .switch import Switch
-from .vnet import FRAME_LEN, VnetDevice
+from .vnet import FRAME_LEN, VLAN_LEN, VnetDevice
 from .vnet_hdr import VirtioNetHdr
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ class SwitchServer:
 class VnetClient:
     """A guest-side vnet: send frames, get frames, join multicast groups."""
 
-    def __init__(self, ldc: LdcEndpoint, mac: bytes, *, mtu: int = FRAME_LEN, on_frame: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, ldc: LdcEndpoint, mac: bytes, *, mtu: int = FRAME_LEN + VLAN_LEN,
+                 on_frame: Callable[[bytes], None] | None = None) -> None:
+        """`mtu` is the frame MTU offered: from vnet 1.3 it counts a VLAN tag, so the
+        default carries a 1500-byte payload untagged (1514 would leave 1496)."""
         self.frames: deque[bytes] = deque()  # received, not yet taken (unless on_frame takes them)
         self._arrived = asyncio.Event()
         self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame,

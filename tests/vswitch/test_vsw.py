@@ -74,6 +74,25 @@ def test_two_vnet_clients_ping_each_other(tmp_path) -> None:
     run(main())
 
 
+def test_default_clients_carry_a_full_1500_byte_payload(tmp_path) -> None:
+    """From vnet 1.3 the frame MTU counts a VLAN tag: a client's default must leave
+    room for 1500 bytes of payload in an untagged frame, as an Ethernet NIC does."""
+
+    async def main() -> None:
+        switch, (path,) = await switch_with(tmp_path, 1)
+        a = await VnetClient.connect(path, mac(1))
+        b = await VnetClient.connect(path, mac(2))
+        await ping(a, "10.9.0.1", b, "10.9.0.2")  # both stations learned
+        full = mac(2) + mac(1) + b"\x08\x00" + bytes(range(256)) * 5 + bytes(220)
+        assert len(full) == 14 + 1500
+        a.send(full)
+        assert await receive_matching(b, lambda f: len(f) == len(full)) == full
+        a.close()
+        b.close()
+
+    run(main())
+
+
 def test_multicast_only_to_subscribers(tmp_path) -> None:
     group = bytes.fromhex("01005e0a0a0a")
 
