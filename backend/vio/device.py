@@ -55,6 +55,8 @@ class Device:
     expects_rdx: bool = False
     #: The peer registers a ring with us (we process its descriptors).
     expects_peer_ring: bool = False
+    #: on_descriptor_done gets each finished descriptor; False: on_descriptors_done once per ACK.
+    reads_done_payloads: bool = True
 
     # ---- handshake -------------------------------------------------------------
 
@@ -114,6 +116,9 @@ class Device:
 
     def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
         """The peer finished a descriptor we queued."""
+
+    def on_descriptors_done(self, ring: int) -> None:
+        """The peer finished descriptors we queued (when reads_done_payloads is False)."""
 
     def on_inband(self, session: Session, handle: int, payload: bytes) -> None:
         """Process an in-band descriptor; call session.complete_inband(handle, payload, ok)."""

@@ -234,15 +234,25 @@ class OwnedRing(Ring):
         n = (end_idx - self.cons) % self.count + 1
         done: list[Done] = []
         for first, length in self.runs(self.cons, n):
+            done += [Done(index, payload) for index, payload in enumerate(self.payloads(first, length), first)]
+        self.release(end_idx)
+        return done
+
+    def release(self, end_idx: int) -> int:
+        """Like reap, for a device that does not read what the processor wrote back:
+        the entries become FREE without a copy of each; returns how many."""
+        if not self._pending(end_idx):
+            return 0
+        n = (end_idx - self.cons) % self.count + 1
+        for first, length in self.runs(self.cons, n):
             states = self.states(first, length)
             if states != bytes((_DONE,)) * length:
                 bad = first + next(i for i, s in enumerate(states) if s != _DONE)
                 raise RingError(f"processor acknowledged entry {end_idx} but entry {bad} is in state {self.state(bad)}")
-            done += [Done(index, payload) for index, payload in enumerate(self.payloads(first, length), first)]
             self.set_states(first, length, _FREE)
         self.cons = (end_idx + 1) % self.count
         self.pending -= n
-        return done
+        return n
 
     def ready_after(self, end_idx: int) -> int | None:
         """The first READY entry after `end_idx` that we queued, if any (to re-kick)."""

@@ -555,8 +555,11 @@ class Session(Outbox[bytes, Event]):
             return
         if message.tag.stype == SubType.NACK:
             raise _Reset(f"peer NACKed our DRING_DATA (ring {ring.ident}, {message.start_idx}..{message.end_idx})")
-        for done in ring.reap(message.end_idx):
-            self.device.on_descriptor_done(message.dring_ident, done.index, done.payload)
+        if self.device.reads_done_payloads:
+            for done in ring.reap(message.end_idx):
+                self.device.on_descriptor_done(message.dring_ident, done.index, done.payload)
+        elif ring.release(message.end_idx):
+            self.device.on_descriptors_done(message.dring_ident)
         if message.state == ProcState.STOPPED:
             ring.processor_active = False
             again = ring.ready_after(message.end_idx)

@@ -164,6 +164,7 @@ class VnetDevice(Device):
     sends_rdx = True
     expects_rdx = True
     expects_peer_ring = True
+    reads_done_payloads = False  # a finished frame only means its TX entry is free again
     versions = VERSIONS
 
     def __init__(
@@ -365,7 +366,7 @@ class VnetDevice(Device):
     def _frame_ok(self, frame: bytes) -> bool:
         return 14 <= len(frame) <= self.mtu and (frame[12:14] != b"\x81\x00" or self.vlan_tags_allowed)
 
-    def on_descriptor_done(self, ring: int, index: int, payload: bytes) -> None:
+    def on_descriptors_done(self, ring: int) -> None:
         if self.on_tx_space is not None:
             self.on_tx_space()
 
