@@ -186,6 +186,10 @@ class MeteredDiskEngine(DiskEngine):
         self._count(reads=1, read_bytes=done)
         return done
 
+    def reads_served(self, count: int, nbytes: int) -> None:
+        """Reads the vds's C walk step served from the page cache itself."""
+        self._count(reads=count, read_bytes=nbytes)
+
     def write_from(self, offset: int, buffers: Sequence[memoryview]) -> int:
         try:
             done = super().write_from(offset, buffers)
