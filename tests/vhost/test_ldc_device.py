@@ -47,11 +47,11 @@ def device(tmp_path):
         engine.close()
 
 
-async def _clients(sock: str) -> tuple[GuestLdc, list[VdcClient]]:
+async def _clients(sock: str, timeout: float = 10) -> tuple[GuestLdc, list[VdcClient]]:
     ldc = await GuestLdc.connect(sock, memory_size=256 << 20)
     clients = [VdcClient(channel.endpoint) for channel in ldc.channels]  # type: ignore[arg-type]
     for client in clients:
-        await client.open(timeout=10)
+        await client.open(timeout=timeout)
     return ldc, clients
 
 
@@ -108,10 +108,10 @@ def test_one_buffer_each_way_still_carries_every_request(device, monkeypatch) ->
     blocks = [os.urandom(4096) for _ in range(64)]
 
     async def main() -> None:
-        ldc, clients = await _clients(sock)
+        ldc, clients = await _clients(sock, timeout=60)  # one buffer each way: a slow handshake on a busy machine
         try:
-            await asyncio.wait_for(asyncio.gather(*(clients[0].write(n * 8192, b) for n, b in enumerate(blocks))), 30)
-            back = await asyncio.wait_for(asyncio.gather(*(clients[0].read(n * 8192, 4096) for n in range(len(blocks)))), 30)
+            await asyncio.wait_for(asyncio.gather(*(clients[0].write(n * 8192, b) for n, b in enumerate(blocks))), 60)
+            back = await asyncio.wait_for(asyncio.gather(*(clients[0].read(n * 8192, 4096) for n in range(len(blocks)))), 60)
             assert back == blocks
         finally:
             ldc.close()
