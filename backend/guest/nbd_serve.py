@@ -9,12 +9,12 @@ the data reached the vds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
 from . import nbd
@@ -29,7 +29,7 @@ class Disk(Protocol):
     def block_size(self) -> int: ...
 
     async def read(self, offset: int, length: int) -> bytes: ...
-    def read_view(self, offset: int, length: int) -> contextlib.AbstractAsyncContextManager[memoryview]: ...
+    def start_read(self, offset: int, length: int, done: Callable[[int, memoryview | None], None]) -> bool: ...
     async def write(self, offset: int, data: bytes) -> None: ...
     async def flush(self) -> None: ...
 
@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.protocol = nbd.NbdServer(server.export)
         self.transport: asyncio.Transport | None = None
         self._tasks: dict[int, asyncio.Task] = {}  # requests being served, by a number of ours
+        self._reads = 0  # reads started without a task (Disk.start_read), not answered yet
         self._numbers = itertools.count()
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid() call
@@ -76,6 +77,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.protocol.receive(data)
         for event in self.protocol.take_events():
+            if isinstance(event, nbd.Request) and event.command == nbd.Command.READ and self._start_read(event):
+                continue
             if isinstance(event, nbd.Request):
                 number = next(self._numbers)
                 self._tasks[number] = self._loop.create_task(self._serve(event, number))
@@ -97,19 +100,42 @@ class _Connection(asyncio.Protocol):
         output = self.protocol.take_output()
         if output and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(output))
-        if self.protocol.closed and self.transport is not None and not self._tasks:
+        if self.protocol.closed and self.transport is not None and not self._tasks and not self._reads:
             self.transport.close()
+
+    def _start_read(self, request: nbd.Request) -> bool:
+        """The common READ, without a task: answered from the disk's callback. False
+        when it must take the task path (an error to report, too large, no free slot)."""
+        if request.length > self.server.max_block:
+            return False
+        try:
+            self.server.check(request)
+        except OSError:
+            return False
+        handle = request.handle
+
+        def done(code: int, view: memoryview | None) -> None:
+            self._reads -= 1
+            if view is None:
+                self.protocol.reply(handle, _NBD_ERRORS.get(code, nbd.EIO))
+                log.info("NBD read at %d+%d failed: %s", request.offset, request.length, errno.errorcode.get(code, code))
+                self._flush_soon()
+            elif len(view) > LARGE_READ:
+                self.protocol.reply(handle, 0, view)
+                self._flush()  # straight from the vdc's buffer, before it is reused
+            else:
+                self.protocol.reply(handle, 0, bytes(view))
+                self._flush_soon()
+
+        started = self.server.disk.start_read(request.offset, request.length, done)
+        self._reads += started
+        return started
 
     async def _serve(self, request: nbd.Request, number: int) -> None:
         """Answer one request; it leaves `_tasks` before the flush that may close the
         connection (a done-callback would run after it, and cost a loop turn)."""
         try:
-            if request.command == nbd.Command.READ and LARGE_READ < request.length <= self.server.max_block:
-                async with self.server.read_view(request) as view:
-                    self.protocol.reply(request.handle, 0, view)
-                    self._flush()  # the view is the vdc's buffer: out before it is reused
-            else:
-                self.protocol.reply(request.handle, 0, await self.server.execute(request))
+            self.protocol.reply(request.handle, 0, await self.server.execute(request))
         except OSError as exc:
             self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
             log.info("NBD command %d at %d+%d failed: %s", request.command, request.offset, request.length, exc)
@@ -137,12 +163,7 @@ class NbdExport:
         if self._server is not None:
             self._server.close()
 
-    def read_view(self, request: nbd.Request) -> contextlib.AbstractAsyncContextManager[memoryview]:
-        """A READ of at most max_block bytes, lent in place (see Disk.read_view)."""
-        self._check(request)
-        return self.disk.read_view(request.offset, request.length)
-
-    def _check(self, request: nbd.Request) -> None:
+    def check(self, request: nbd.Request) -> None:
         """OSError with the errno to report when the request cannot be carried out."""
         command, offset, length = request.command, request.offset, request.length
         if command not in (nbd.Command.READ, nbd.Command.WRITE, nbd.Command.TRIM, nbd.Command.WRITE_ZEROES):
@@ -161,7 +182,7 @@ class NbdExport:
         if command == nbd.Command.FLUSH:
             await self.disk.flush()
             return b""
-        self._check(request)
+        self.check(request)
         step = self.max_block
         if command == nbd.Command.READ:
             if length <= step:  # the common case: no task per piece

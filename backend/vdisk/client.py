@@ -355,12 +355,6 @@ class VdcClient:
                write: bytes | None) -> asyncio.Future[DiskRequest]:
         """Queue one request through `slot` (its first `length` bytes); the future gets
         the request back with its status, or the server's error as OSError."""
-        if length > self._slot_size:
-            raise ValueError(f"a {length}-byte transfer is larger than the {self._slot_size}-byte maximum")
-        if write:
-            base = slot * self._slot_size
-            self._pool.view[base : base + len(write)] = write  # type: ignore[union-attr]
-        cookies = [TransportCookie(self._slot_addrs[slot], length)] if length else []
         future: asyncio.Future[DiskRequest] = self._loop.create_future()
 
         def finished(code: int, done: DiskRequest) -> None:
@@ -371,11 +365,52 @@ class VdcClient:
             else:
                 future.set_result(done)
 
+        self._queue(slot, op, offset, size, slice_, length, write, finished)
+        return future
+
+    def start_read(self, offset: int, length: int, done: Callable[[int, memoryview | None], None], *,
+                   slice_: int = SLICE_ABSOLUTE) -> bool:
+        """A read with a callback instead of a coroutine and a future, for servers of
+        many small requests (the NBD export): `done(errno, view)` runs on the loop
+        when the vds finished; `view` is the buffer it filled, valid during the call
+        only, None on error; `done` must not raise. False, and nothing started, when
+        every buffer slot is in use: await read() then (it waits for one)."""
+        self._aligned(offset, length)
+        if not self._free_slots:
+            return False
+        slot = self._free_slots.pop()
+        base = slot * self._slot_size
+
+        def finished(code: int, _: DiskRequest) -> None:
+            try:
+                if code:
+                    done(code, None)
+                else:
+                    with self._pool.view[base : base + length] as view:  # type: ignore[union-attr]
+                        done(0, view)
+            finally:
+                self._give_back(slot)
+
+        try:
+            self._queue(slot, Op.BREAD, offset // self._block, length, slice_, length, None, finished)
+        except BaseException:
+            self._give_back(slot)
+            raise
+        return True
+
+    def _queue(self, slot: int, op: int, offset: int, size: int, slice_: int, length: int, write: bytes | None,
+               finished: Callback) -> None:
+        """Hand one request through `slot` to the device; it leaves with this loop iteration's burst."""
+        if length > self._slot_size:
+            raise ValueError(f"a {length}-byte transfer is larger than the {self._slot_size}-byte maximum")
+        if write:
+            base = slot * self._slot_size
+            self._pool.view[base : base + len(write)] = write  # type: ignore[union-attr]
+        cookies = [TransportCookie(self._slot_addrs[slot], length)] if length else []
         self.device.queue(DiskRequest(0, op, slice_, 0, offset, size, cookies), finished)
         if not self._submit_scheduled:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit)
-        return future
 
     def _submit(self) -> None:
         """Everything requested in this loop iteration goes out as one burst."""

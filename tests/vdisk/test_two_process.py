@@ -177,3 +177,33 @@ def test_full_backing_filesystem_gives_enospc_and_loses_nothing(tmp_path) -> Non
         assert server.stop() == 0
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_start_read_answers_through_its_callback(server) -> None:
+    """The callback read (what the NBD export uses): data as read() gives it, the
+    server's error as an errno with no view, False once every slot is taken."""
+
+    async def main() -> None:
+        client = await VdcClient.connect(server.socket("d1"))
+        data = os.urandom(64 << 10)
+        await client.write(8192, data)
+        answers: list[tuple[int, bytes | None]] = []
+        finished = asyncio.Event()
+
+        def done(code: int, view: memoryview | None) -> None:
+            answers.append((code, None if view is None else bytes(view)))
+            if len(answers) == 2:
+                finished.set()
+
+        assert client.start_read(8192, len(data), done)
+        assert client.start_read(4 * MiB - 512, 1024, done)  # past the end of the 4 MiB disk
+        await asyncio.wait_for(finished.wait(), 10)
+        assert answers == [(0, data), (errno.EINVAL, None)]
+        started = 0
+        while client.start_read(0, 512, lambda code, view: None):
+            started += 1
+        assert started == client.device.ring_size - 1  # one request per buffer slot, then False
+        assert await client.read(8192, 512) == data[:512]  # waits for a slot the callbacks give back
+        client.close()
+
+    run(main())
