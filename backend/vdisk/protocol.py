@@ -102,7 +102,7 @@ class DiskAttrs:
 
 DESC_HEAD = struct.Struct(">QBBxxIQQI4x")  # descriptor payload after the 8-byte ring header
 DESC_PAYLOAD_MIN = DESC_HEAD.size  # 40 bytes before the cookies
-_DESC_ONE_COOKIE = struct.Struct(DESC_HEAD.format + "QQ")  # the common case, packed in one go
+DESC_ONE_COOKIE = struct.Struct(DESC_HEAD.format + "QQ")  # the common case, packed in one go
 #: What a client needs of a finished descriptor: its req_id and status.
 DESC_DONE = struct.Struct(">Q4xI")
 
@@ -122,7 +122,7 @@ class DiskRequest:
     def encode(self) -> bytes:
         cookies = self.cookies
         if len(cookies) == 1:
-            return _DESC_ONE_COOKIE.pack(self.req_id, self.operation, self.slice, self.status, self.offset, self.size, 1, *cookies[0])
+            return DESC_ONE_COOKIE.pack(self.req_id, self.operation, self.slice, self.status, self.offset, self.size, 1, *cookies[0])
         head = DESC_HEAD.pack(self.req_id, self.operation, self.slice, self.status, self.offset, self.size, len(cookies))
         return head + b"".join(TRANSPORT_COOKIE.pack(*c) for c in cookies)
 

@@ -152,14 +152,6 @@ class Ring:
         return [(first, head), (0, n - head)] if n > head else [(first, n)]
 
 
-@dataclass(slots=True)
-class Done:
-    """A descriptor the processor finished: its index and payload as it left them."""
-
-    index: int
-    payload: bytes
-
-
 class OwnedRing(Ring):
     """The requester's ring: queue requests, reap what the processor finished."""
 
@@ -217,24 +209,26 @@ class OwnedRing(Ring):
         room = self.size - DESC_HEADER_SIZE
         if max(map(len, payloads), default=0) > room:
             raise ValueError(f"a payload does not fit a {self.size}-byte descriptor")
-        write, set_byte, size = self.memory.write, self.memory.set_byte, self.size
+        write, size = self.memory.write, self.size
         index, last = first, n - 1
         for position, payload in enumerate(payloads):
             ack = position == last or position % ack_every == ack_every - 1
             write(index * size, (_HEADER_ACK if ack else _HEADER_NO_ACK) + payload)
-            set_byte(index * size, _READY)  # last: the processor may look at any time
             index = index + 1 if index + 1 < self.count else 0
+        for start, length in self.runs(first, n):  # last, in ring order: the processor may look at any time
+            self.set_states(start, length, _READY)
         self.pending += n
         return first
 
-    def reap(self, end_idx: int) -> list[Done]:
-        """Take back every entry from `cons` through `end_idx`, which must all be DONE."""
+    def reap(self, end_idx: int) -> list[tuple[int, bytes]]:
+        """Take back every entry from `cons` through `end_idx`, which must all be DONE;
+        returns (index, payload as the processor left it) for each, in ring order."""
         if not self._pending(end_idx):
             return []  # an ACK for nothing we have outstanding: stale, ignore
         n = (end_idx - self.cons) % self.count + 1
-        done: list[Done] = []
+        done: list[tuple[int, bytes]] = []
         for first, length in self.runs(self.cons, n):
-            done += [Done(index, payload) for index, payload in enumerate(self.payloads(first, length), first)]
+            done += zip(range(first, first + length), self.payloads(first, length))
         self.release(end_idx)
         return done
 

@@ -556,8 +556,9 @@ class Session(Outbox[bytes, Event]):
         if message.tag.stype == SubType.NACK:
             raise _Reset(f"peer NACKed our DRING_DATA (ring {ring.ident}, {message.start_idx}..{message.end_idx})")
         if self.device.reads_done_payloads:
-            for done in ring.reap(message.end_idx):
-                self.device.on_descriptor_done(message.dring_ident, done.index, done.payload)
+            on_done, ident = self.device.on_descriptor_done, message.dring_ident
+            for index, payload in ring.reap(message.end_idx):
+                on_done(ident, index, payload)
         elif ring.release(message.end_idx):
             self.device.on_descriptors_done(message.dring_ident)
         if message.state == ProcState.STOPPED:

@@ -205,7 +205,7 @@ class Server:
         """
         req_id = int.from_bytes(payload[:8].ljust(8, b"\0"), "big")
         results: list[int] = []
-        pending = (DiskRequest(req_id, 0, 0, 0, 0, 0), lambda code, done: results.append(code))
+        pending = (req_id, lambda code, done: results.append(code), None)
         session = self.a.session
         if self.client.inband:
             self.client._pending[session.send_inband(payload)] = pending

@@ -195,7 +195,7 @@ def test_malformed_descriptor_gets_einval(export) -> None:
     results: list[int] = []
     bogus = DESC_HEAD.pack(77, Op.BREAD, SLICE_ABSOLUTE, 0, 0, 512, 999)  # claims 999 cookies
     ring = h.a.session.own_rings[0]
-    h.client._pending[ring.prod] = (DiskRequest(77, 0, 0, 0, 0, 0), lambda code, done: results.append(code))
+    h.client._pending[ring.prod] = (77, lambda code, done: results.append(code), None)
     h.a.session.submit(ring, bogus)
     pump(h.a, h.b)
     assert results == [errno.EINVAL]
