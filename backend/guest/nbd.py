@@ -24,6 +24,7 @@ import collections
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..errors import ProtocolError
 from ..outbox import Outbox
@@ -107,8 +108,10 @@ class Export:
         return flags | (TxFlag.READ_ONLY if self.read_only else 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
+    """One transmission request (a tuple: made once per request, and a frozen
+    dataclass costs a setattr call per field)."""
+
     handle: int
     command: int
     flags: int
@@ -143,12 +146,25 @@ class _Input:
             self._chunks.append(memoryview(data))
             self.available += len(data)
 
-    def peek(self, n: int) -> bytes:
-        """The first n bytes (n <= available), left in place."""
+    def peek(self, n: int) -> bytes | memoryview:
+        """The first n bytes (n <= available), left in place; a view of the first
+        chunk when it holds them (valid until the input is next consumed)."""
         first = self._chunks[0]
         if len(first) >= n:
-            return bytes(first[:n])
+            return first
         return self._join(n, consume=False)
+
+    def skip(self, n: int) -> None:
+        """Drop the first n bytes (n <= available) without copying them."""
+        first = self._chunks[0]
+        if len(first) > n:
+            self._chunks[0] = first[n:]
+            self.available -= n
+        elif len(first) == n:
+            self._chunks.popleft()
+            self.available -= n
+        else:
+            self.take(n)
 
     def take(self, n: int) -> bytes:
         """The first n bytes (n <= available), removed."""
@@ -231,7 +247,7 @@ class NbdServer(Outbox[bytes, Event]):
         if self._state == "options":
             if source.available < OPTION.size:
                 return False
-            magic, option, length = OPTION.unpack(source.peek(OPTION.size))
+            magic, option, length = OPTION.unpack_from(source.peek(OPTION.size))
             if magic != IHAVEOPT or length > MAX_OPTION:
                 raise ProtocolError(f"bad option header (magic 0x{magic:x}, {length} bytes)")
             if source.available < OPTION.size + length:
@@ -241,7 +257,7 @@ class NbdServer(Outbox[bytes, Event]):
             return True
         if source.available < REQUEST.size:
             return False
-        magic, flags, command, handle, offset, length = REQUEST.unpack(source.peek(REQUEST.size))
+        magic, flags, command, handle, offset, length = REQUEST.unpack_from(source.peek(REQUEST.size))
         if magic != REQUEST_MAGIC:
             raise ProtocolError(f"bad request magic 0x{magic:x}")
         payload = length if command == Command.WRITE else 0
@@ -249,8 +265,8 @@ class NbdServer(Outbox[bytes, Event]):
             raise ProtocolError(f"WRITE of {length} bytes exceeds {MAX_PAYLOAD}")
         if source.available < REQUEST.size + payload:
             return False
-        source.take(REQUEST.size)
-        data = source.take(payload)
+        source.skip(REQUEST.size)
+        data = source.take(payload) if payload else b""
         if command == Command.DISC:
             self._close("client disconnected")
             return False
