@@ -142,13 +142,15 @@ async def unix_guest(vds: str, nbd: str, vsw: str, netns: str, address: str, mtu
     from backend.guest.net import GuestInterface
     from backend.vdisk.client import VdcClient
     from backend.vswitch.frames import TAGGED_HEADER_LEN
+    from backend.vswitch.vnet import MAX_TSO
     from backend.vswitch.vnet_port import VnetClient
 
     client = await VdcClient.connect(vds)
     export = NbdExport(client, nbd, max_block=client.device.max_xfer)
     await export.start()
-    interface = GuestInterface("utap0", netns, address, mtu=int(mtu))
-    vnet = await VnetClient.connect(vsw, interface.mac, mtu=int(mtu) + TAGGED_HEADER_LEN, on_frame=interface.deliver)
+    interface = GuestInterface("utap0", netns, address, mtu=int(mtu), lso=True)
+    vnet = await VnetClient.connect(vsw, interface.mac, mtu=int(mtu) + TAGGED_HEADER_LEN, on_frame=interface.deliver,
+                                    lso_maxlen=MAX_TSO)
     interface.connect(vnet)
     print("ready", flush=True)
     await _until_signalled()

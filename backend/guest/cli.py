@@ -38,6 +38,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sim.add_argument("--control", default="primary", help="the control domain's name")
     sim.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
     sim.add_argument("--mtu", type=int, default=1500, help="the taps' MTU (the vnet frame MTU follows; match the switch's --mtu)")
+    sim.add_argument("--no-lso", nargs="*", metavar="TAP",
+                     help="these taps' vnets (all, without names) offer no LSO and carry MTU-sized frames only")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -47,7 +49,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         from .sim import SimConfig, run
 
         config = SimConfig(args.socket, args.nbd, args.tap, args.ds_socket, args.domain, args.dhdl, args.control,
-                           not args.no_guest_services, args.memory << 20, args.mtu)
+                           not args.no_guest_services, args.memory << 20, args.mtu,
+                           None if args.no_lso == [] else tuple(args.no_lso or ()))
         return _run("guest-sim", run(config))
     return None
 

@@ -24,6 +24,7 @@ from ..ds.framework import PortConfig as DsPort
 from ..vdisk.client import VdcClient
 from ..vhost.devices.ldc_wire import Service
 from ..vswitch.frames import TAGGED_HEADER_LEN
+from ..vswitch.vnet import MAX_TSO
 from ..vswitch.vnet_port import VnetClient
 from .link import GuestLdc
 from .nbd_serve import NbdExport
@@ -47,6 +48,7 @@ class SimConfig:
     guest_services: bool = True
     memory: int = 512 << 20
     mtu: int = 1500  # the taps' MTU (layer 3), as the switch's port MTU
+    no_lso: tuple[str, ...] | None = ()  # taps whose vnet offers no LSO (None: none offers it)
 
 
 class GuestSim:
@@ -75,12 +77,14 @@ class GuestSim:
         # its ends at once, and a handshake nobody listens to would leave a session behind.
         self.disks = [VdcClient(channel.endpoint) for channel in disks[: len(config.nbd)]]  # type: ignore[arg-type]
         for channel, (tap, netns, address) in zip(vnets, config.taps):
-            interface = GuestInterface(tap, netns, address, mtu=config.mtu)
+            lso = config.no_lso is not None and tap not in config.no_lso
+            interface = GuestInterface(tap, netns, address, mtu=config.mtu, lso=lso)
             self.interfaces.append(interface)
             # A frame MTU with room for a VLAN tag: from vnet 1.4 the switch counts the tag in the
             # port MTU, so a 1514-byte offer (MTU 1500) would leave 1496 bytes of L3 payload.
             frame_mtu = config.mtu + TAGGED_HEADER_LEN
-            self.vnets.append(VnetClient(channel.endpoint, interface.mac, mtu=frame_mtu, on_frame=interface.deliver))  # type: ignore[arg-type]
+            self.vnets.append(VnetClient(channel.endpoint, interface.mac, mtu=frame_mtu, on_frame=interface.deliver,  # type: ignore[arg-type]
+                                         lso_maxlen=MAX_TSO if lso else 0))
         for client, path in zip(self.disks, config.nbd):
             await client.open()
             export = NbdExport(client, path, max_block=client.device.max_xfer)
@@ -149,5 +153,8 @@ async def run(config: SimConfig) -> None:
         if gone.done():
             raise ConnectionError("the LDC device's back-end went away")
         print(f"guest-sim {config.domain}: stopping", flush=True)
+        for vnet, interface in zip(sim.vnets, sim.interfaces):
+            counters = " ".join(f"{name}={value}" for name, value in vnet.device.counters.items())
+            print(f"guest-sim {config.domain}: vnet {interface.device.name}: tsolen={vnet.device.tsolen} {counters}", flush=True)
     finally:
         sim.close()

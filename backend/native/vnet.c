@@ -5,6 +5,10 @@
  * peer really shared before a byte is copied. Frames sit PACKET_SKIP bytes into
  * their buffers and the peer must grant the copy rounded up to 8 bytes, as the
  * hypervisor's ldc_mem_copy wants (Linux VNET_PACKET_SKIP, illumos VNET_IPALIGN).
+ *
+ * From 1.7 a descriptor has an 8-byte extension where a third cookie would be
+ * (Linux vio_net_ext: flags, hash value, LSO MSS, reserved). With LSO
+ * negotiated a frame may be up to tsolen bytes instead of the MTU.
  */
 #include "vnet.h"
 
@@ -17,6 +21,8 @@
 #define DESC_LEN 8u /* size, ncookies (after the 8-byte ring entry header) */
 #define ENTRY_HEADER 8u
 #define TX_PAYLOAD 24u /* DESC_LEN and one cookie */
+#define EXT_AT (DESC_LEN + MAX_COOKIES * COOKIE_LEN) /* the extension, after two cookie slots */
+#define EXT_LEN 8u
 
 #define STATE_FREE 0x1
 #define STATE_READY 0x2
@@ -28,6 +34,11 @@
 static uint32_t be32(const uint8_t *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint16_t be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
 }
 
 static uint64_t be64(const uint8_t *p)
@@ -80,23 +91,34 @@ static int copy_in(const struct ldc_peer_memory *peer, const uint8_t *wire_cooki
     return 0;
 }
 
-int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct ldc_peer_memory *peer,
-                uint32_t mtu, int allow_tags, struct vnet_frames *out)
+/* The largest frame a descriptor may carry: the MTU, or with LSO negotiated tsolen. */
+static uint32_t max_frame(const struct vnet_link *link)
 {
-    if (n > out->count)
+    return link->tsolen > link->mtu ? link->tsolen : link->mtu;
+}
+
+int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struct ldc_peer_memory *peer,
+                const struct vnet_link *link, struct vnet_frames *out)
+{
+    if (n > out->count || (out->flags == NULL) != (out->mss == NULL))
         return -1;
     uint64_t room = desc_len >= DESC_LEN ? (desc_len - DESC_LEN) / COOKIE_LEN : 0;
     if (room > MAX_COOKIES)
         room = MAX_COOKIES;
+    int ext = link->ext && desc_len >= EXT_AT + EXT_LEN;
+    uint32_t maxlen = max_frame(link);
     uint64_t cursor = 0;
-    out->good = out->bytes = 0;
+    out->good = out->bytes = out->lso = 0;
     for (uint64_t i = 0; i < n; i++) {
         const uint8_t *desc = descs + i * desc_len;
         out->offsets[i] = cursor;
         uint32_t size = room ? be32(desc) : 0;
         uint32_t ncookies = room ? be32(desc + 4) : 0;
-        if (size < MIN_FRAME || size > mtu || ncookies < 1 || ncookies > room || size > out->size - cursor
-            || cursor > out->size) {
+        uint8_t flags = ext ? desc[EXT_AT] : 0;
+        uint16_t mss = ext ? be16(desc + EXT_AT + 2) : 0;
+        int lso = link->tsolen && (flags & VNET_PKT_IPV4_LSO);
+        if (size < MIN_FRAME || size > maxlen || ncookies < 1 || ncookies > room || size > out->size - cursor
+            || cursor > out->size || (lso && mss == 0)) {
             out->lengths[i] = VNET_RX_BAD_DESC;
             continue;
         }
@@ -106,26 +128,38 @@ int64_t vnet_rx(const uint8_t *descs, uint64_t desc_len, uint64_t n, const struc
             out->lengths[i] = VNET_RX_BAD_COOKIE;
             continue;
         }
-        if (!allow_tags && frame[12] == 0x81 && frame[13] == 0x00) {
+        if (!link->allow_tags && frame[12] == 0x81 && frame[13] == 0x00) {
             out->lengths[i] = VNET_RX_TAGGED;
             continue;
+        }
+        if (out->flags) {
+            out->flags[i] = lso ? flags : (uint8_t)(flags & ~VNET_PKT_IPV4_LSO);
+            out->mss[i] = lso ? mss : 0;
         }
         out->lengths[i] = (int32_t)size;
         cursor += round8(size);
         out->good++;
         out->bytes += size;
+        out->lso += (uint64_t)lso;
     }
     return (int64_t)out->good;
 }
 
-static int frame_fits(const struct vnet_tx_ring *tx, const struct vnet_frames *frames, uint64_t i)
+/* The MSS of frame i when it goes out as an LSO frame (0: a plain frame). */
+static uint16_t tx_mss(const struct vnet_tx_ring *tx, const struct vnet_frames *frames, uint64_t i)
+{
+    return tx->link.tsolen && tx->link.ext && frames->mss ? frames->mss[i] : 0;
+}
+
+static int frame_fits(const struct vnet_tx_ring *tx, const struct vnet_frames *frames, uint64_t i, uint16_t mss)
 {
     int32_t len = frames->lengths[i];
-    if (len < (int32_t)MIN_FRAME || (uint32_t)len > tx->mtu || frames->offsets[i] > frames->size
+    uint32_t limit = mss ? max_frame(&tx->link) : tx->link.mtu;
+    if (len < (int32_t)MIN_FRAME || (uint32_t)len > limit || frames->offsets[i] > frames->size
         || (uint64_t)len > frames->size - frames->offsets[i] || len + PACKET_SKIP > tx->slot_size)
         return 0;
     const uint8_t *frame = frames->data + frames->offsets[i];
-    return tx->allow_tags || frame[12] != 0x81 || frame[13] != 0x00;
+    return tx->link.allow_tags || frame[12] != 0x81 || frame[13] != 0x00;
 }
 
 void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64_t pending,
@@ -133,7 +167,8 @@ void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64
              uint64_t ngroups, struct vnet_tx_result *result)
 {
     memset(result, 0, sizeof *result);
-    int ring_ok = tx->count && tx->desc_size >= ENTRY_HEADER + TX_PAYLOAD && prod < tx->count
+    uint32_t payload_len = tx->link.ext ? VNET_EXT_DESC : TX_PAYLOAD;
+    int ring_ok = tx->count && tx->desc_size >= ENTRY_HEADER + payload_len && prod < tx->count
                   && tx->count <= tx->ring_size / tx->desc_size && tx->ack_every
                   && tx->count <= tx->buffers_size / (tx->slot_size ? tx->slot_size : 1) && tx->slot_size;
     uint64_t i = 0;
@@ -147,7 +182,8 @@ void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64
         }
         if (!ring_ok || result->queued == room)
             break;
-        if (!frame_fits(tx, frames, i)) {
+        uint16_t mss = tx_mss(tx, frames, i);
+        if (!frame_fits(tx, frames, i, mss)) {
             result->refused++;
             continue;
         }
@@ -158,19 +194,25 @@ void vnet_tx(const struct vnet_tx_ring *tx, uint64_t prod, uint64_t room, uint64
         uint32_t len = (uint32_t)frames->lengths[i];
         uint8_t *slot = tx->buffers + index * tx->slot_size;
         memcpy(slot + PACKET_SKIP, frames->data + frames->offsets[i], len);
-        uint8_t payload[TX_PAYLOAD];
+        uint8_t payload[VNET_EXT_DESC] = {0};
         put_be32(payload, len);
         put_be32(payload + 4, 1);
         put_be64(payload + 8, tx->slot_cookies[index]);
         put_be64(payload + 16, round8(len + PACKET_SKIP));
+        if (mss) {
+            payload[EXT_AT] = VNET_PKT_IPV4_LSO;
+            payload[EXT_AT + 2] = (uint8_t)(mss >> 8);
+            payload[EXT_AT + 3] = (uint8_t)mss;
+        }
         int ack = (pending + result->queued) % tx->ack_every == tx->ack_every - 1;
         if (result->queued == 0) {
-            memcpy(result->first_desc, payload, TX_PAYLOAD); /* the session queues it and kicks */
+            memcpy(result->first_desc, payload, payload_len); /* the session queues it and kicks */
+            result->first_len = payload_len;
             result->first_ack = ack;
         } else {
             memset(entry + 1, 0, ENTRY_HEADER - 1);
             entry[1] = ack ? ACK_ENABLE : 0;
-            memcpy(entry + ENTRY_HEADER, payload, TX_PAYLOAD);
+            memcpy(entry + ENTRY_HEADER, payload, payload_len);
             __atomic_store_n(entry, (uint8_t)STATE_READY, __ATOMIC_RELEASE); /* last: the peer may look */
         }
         result->queued++;

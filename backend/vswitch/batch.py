@@ -27,23 +27,30 @@ class FrameBatch:
     """Frames at `offsets` with `lengths` in one buffer (C `struct vnet_frames`).
 
     A negative length marks a slot without a frame (why: `vnet_rx_status`).
+    `mss[i]` is not 0 for an LSO frame (one large TCP/IPv4 frame to be cut into
+    segments of that many payload bytes); `flags[i]` are its descriptor's
+    VNET_PKT_* flags.
     """
 
-    __slots__ = ("_data", "_view", "capacity", "lengths", "offsets", "struct")
+    __slots__ = ("_data", "_view", "capacity", "flags", "lengths", "mss", "offsets", "struct")
 
     def __init__(self, data: bytes | bytearray, capacity: int, offsets: list[int] | None = None,
-                 lengths: list[int] | None = None) -> None:
+                 lengths: list[int] | None = None, mss: list[int] | None = None) -> None:
         ffi, _ = native()
         self._data = data
         self._view = memoryview(data)
         self.capacity = capacity
         self.offsets = ffi.new("uint64_t[]", offsets or max(capacity, 1))
         self.lengths = ffi.new("int32_t[]", lengths or max(capacity, 1))
+        self.flags = ffi.new("uint8_t[]", max(capacity, 1))
+        self.mss = ffi.new("uint16_t[]", mss or max(capacity, 1))
         self.struct = ffi.new("struct vnet_frames *")
         self.struct.data = ffi.from_buffer("uint8_t[]", data)
         self.struct.size = len(data)
         self.struct.offsets = self.offsets
         self.struct.lengths = self.lengths
+        self.struct.flags = self.flags
+        self.struct.mss = self.mss
 
     @classmethod
     def empty(cls, frames: int, frame_size: int) -> FrameBatch:
@@ -51,11 +58,12 @@ class FrameBatch:
         return cls(bytearray(frames * (-(-frame_size // 8) * 8)), frames)
 
     @classmethod
-    def of(cls, frames: Sequence[bytes]) -> FrameBatch:
-        """The given frames, in order."""
+    def of(cls, frames: Sequence[bytes], mss: list[int] | None = None) -> FrameBatch:
+        """The given frames, in order (LSO frames where `mss` is not 0)."""
         sizes = [len(frame) for frame in frames]
-        batch = cls(b"".join(frames), len(frames), list(accumulate(sizes, initial=0))[:-1], sizes)
+        batch = cls(b"".join(frames), len(frames), list(accumulate(sizes, initial=0))[:-1], sizes, mss)
         batch.struct.count = batch.struct.good = len(frames)
+        batch.struct.lso = sum(1 for m in mss or () if m)
         batch.struct.bytes = sum(sizes)
         return batch
 
@@ -68,6 +76,11 @@ class FrameBatch:
     def good(self) -> int:
         """Frames present."""
         return int(self.struct.good)
+
+    @property
+    def lso(self) -> int:
+        """LSO frames present."""
+        return int(self.struct.lso)
 
     @property
     def total(self) -> int:

@@ -17,6 +17,15 @@ MTU (the attribute counts whole frames): below 1.3 both ends use exactly
 1514; at 1.3 exactly 1518 (a VLAN tag fits); from 1.4 the receiver of an
 ATTR_INFO ACKs with the lower of its own and the peer's (Linux does this).
 VLAN-tagged frames are allowed only from 1.3.
+
+Large Segment Offload (from 1.7; docs/vswitch-lso.md): an end offers it with
+cflags LSO_IPV4_CAPAB and its largest LSO frame (ipv4_lso_maxlen, 2048..65535).
+The receiver of an ATTR_INFO keeps the flag only when it offers LSO too, and
+ACKs with the lower maxlen, clearing the flag below 2048 (Linux
+handle_attr_info). LSO is on when both the peer's INFO and its ACK of ours
+keep the flag; the lowest maxlen seen is the negotiated `tsolen`. Then a
+frame may be up to tsolen bytes (not only the MTU), and a descriptor's
+extension (after two cookie slots) marks an LSO frame and carries its MSS.
 """
 
 from __future__ import annotations
@@ -55,6 +64,12 @@ ACK_EVERY = 32  # TX descriptors per requested ACK
 # as the frame buffers behind it stay small (one exported buffer per entry).
 BIG_RING, SMALL_RING = 1024, 256
 BIG_RING_BUFFERS = 3 << 19  # at most 1.5 MiB of frame buffers for the deep ring
+# With LSO the ring has 256 entries (a shallower one drops the bursts of small frames a
+# busy peer sends) and each entry's buffer holds the largest LSO frame we send, as far as
+# `tx_buffers` allows: a switch port's 1.5 MiB (its vhost-user pool) makes 6 KiB buffers,
+# a client with memory to spare (LSO_CLIENT_BUFFERS) 64 KiB ones. What we receive is
+# bounded by the negotiated tsolen only.
+LSO_CLIENT_BUFFERS = SMALL_RING * 65544
 
 ATTR = struct.Struct(">BBHBBxxQQHH20x")  # the 48 bytes after the VIO tag
 MCAST = struct.Struct(">BB42s4x")
@@ -62,6 +77,9 @@ DESC = struct.Struct(">II")  # size, ncookies (after the 8-byte ring header)
 DDS_VNET_NIU = 0x10
 DDS_STATUS = struct.Struct(">Q")
 DDS_SUCCESS, DDS_FAIL = 0x0, 0x1
+LSO_IPV4_CAPAB = 0x1  # cflags: this end takes and sends IPv4 LSO frames
+MIN_TSO, MAX_TSO = 2048, 65535  # VNET_MINTSO, VNET_MAXTSO: the bounds of ipv4_lso_maxlen
+LSO_VERSION = (1, 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +144,22 @@ def negotiated_mtu(version: tuple[int, int], ours: int, theirs: int) -> int | No
     return min(ours, theirs) if theirs >= 64 else None
 
 
+def negotiated_tsolen(version: tuple[int, int], ours: int, cflags: int, theirs: int) -> int:
+    """The largest LSO frame both ends accept (0: no LSO), from our offer and the peer's."""
+    if version < LSO_VERSION or not ours or not cflags & LSO_IPV4_CAPAB:
+        return 0
+    tsolen = min(ours, theirs)
+    return tsolen if tsolen >= MIN_TSO else 0
+
+
 def _slot_size(mtu: int) -> int:
     """Bytes of one TX buffer: the frame after PACKET_SKIP, rounded up to 8."""
     return -(-(mtu + PACKET_SKIP) // 8) * 8
 
 
-def _ring_for(mtu: int) -> int:
+def _ring_for(mtu: int, tsolen: int) -> int:
+    if tsolen:
+        return SMALL_RING
     return BIG_RING if BIG_RING * _slot_size(mtu) <= BIG_RING_BUFFERS else SMALL_RING
 
 
@@ -176,7 +204,11 @@ class VnetDevice(Device):
         ring_size: int | None = None,
         on_frame: Callable[[bytes], None] | None = None,
         on_frames: Callable[[FrameBatch], None] | None = None,
+        lso_maxlen: int = 0,
+        tx_buffers: int = BIG_RING_BUFFERS,
     ) -> None:
+        if lso_maxlen and not MIN_TSO <= lso_maxlen <= MAX_TSO:
+            raise ValueError(f"LSO maxlen {lso_maxlen} outside {MIN_TSO}..{MAX_TSO}")
         self.mac = mac
         self.switch_side = switch_side
         self.initiator = not switch_side
@@ -184,6 +216,10 @@ class VnetDevice(Device):
         self.peer_classes = frozenset({DevClass.NETWORK} if switch_side else {DevClass.NETWORK_SWITCH, DevClass.NETWORK})
         self.configured_mtu = mtu
         self.mtu = mtu
+        self.lso_maxlen = lso_maxlen  # what we offer (0: no LSO)
+        self.tsolen = 0  # the negotiated largest LSO frame while established (0: no LSO)
+        self.tx_buffers = tx_buffers  # bytes of TX frame buffers LSO may take
+        self._lso_granted = self._lso_acked = 0  # from the peer's INFO and from its ACK of ours
         self._fixed_ring_size = ring_size  # None: sized from the MTU once it is agreed
         self.ring_size = ring_size or SMALL_RING
         self.on_frame = on_frame or (lambda frame: None)
@@ -195,13 +231,15 @@ class VnetDevice(Device):
         self.on_multicast: Callable[[bool, bytes], bool] | None = None  # join/leave; False: refused
         self.on_up: Callable[[Session], None] | None = None  # the session is established
         self.on_tx_space: Callable[[], None] | None = None  # TX ring entries came back
-        self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0)
+        self.counters = dict(rx_frames=0, rx_bytes=0, tx_frames=0, tx_bytes=0, rx_dropped=0, tx_dropped=0, rx_errors=0,
+                             rx_lso=0, tx_lso=0)
         self._buffers: Segment | None = None
         self._slot_cookies: list[int] = []  # the cookie of each TX ring entry's frame buffer
         self._tx: Any = None  # struct vnet_tx_ring over our ring and its frame slots, while established
         self._tx_memory: tuple[Any, ...] = ()  # what the C struct points into, kept alive with it
         self._tx_result = native()[0].new("struct vnet_tx_result *")
         self._rx: FrameBatch | None = None
+        self._link: Any = None  # struct vnet_link: what the session negotiated, while established
         self._no_peer_memory = native()[0].new("struct ldc_peer_memory *")  # revoked: every cookie fails
         self._session: Session | None = None
         self._ring: OwnedRing | None = None  # our TX ring while the session is established
@@ -212,8 +250,10 @@ class VnetDevice(Device):
 
     def attr_payload(self, version: tuple[int, int]) -> bytes:
         modes = Transfer.PKT | Transfer.DRING if version >= (1, 2) else Transfer.DRING
+        lso = self.lso_maxlen if version >= LSO_VERSION else 0
         return NetAttrs(encode_xfer_mode(version, modes), ADDR_ETHERMAC, 0, 0, DringOption.TX,
-                        mac_to_int(self.mac), our_mtu(version, self.configured_mtu)).encode()
+                        mac_to_int(self.mac), our_mtu(version, self.configured_mtu),
+                        LSO_IPV4_CAPAB if lso else 0, lso).encode()
 
     def expects_attr(self, version: tuple[int, int]) -> bool:
         return True
@@ -230,11 +270,15 @@ class VnetDevice(Device):
         if Transfer.DRING not in modes or attrs.addr_type != ADDR_ETHERMAC or mtu is None or peer_mac[0] & 1:
             return AttrReply(False, payload)
         self.peer_mac, self.mtu, self.version = peer_mac, mtu, version
+        tsolen = self._lso_granted = negotiated_tsolen(version, self.lso_maxlen, attrs.cflags, attrs.ipv4_lso_maxlen)
+        self.tsolen = min(tsolen, self._lso_acked)
         return AttrReply(True, NetAttrs(attrs.xfer_mode, attrs.addr_type, attrs.ack_freq, 0, attrs.options,
-                                        attrs.addr, mtu, 0, 0).encode())
+                                        attrs.addr, mtu, LSO_IPV4_CAPAB if tsolen else 0, tsolen).encode())
 
     def on_attr_ack(self, payload: bytes, version: tuple[int, int]) -> bool:
         attrs = NetAttrs.decode(payload)
+        self._lso_acked = negotiated_tsolen(version, self.lso_maxlen, attrs.cflags, attrs.ipv4_lso_maxlen)
+        self.tsolen = min(self._lso_granted, self._lso_acked)
         ours = our_mtu(version, self.configured_mtu)
         if version >= (1, 4) and 64 <= attrs.mtu <= ours:
             self.mtu = min(self.mtu, attrs.mtu)  # the peer answered with the lower MTU
@@ -242,7 +286,7 @@ class VnetDevice(Device):
         return attrs.mtu == ours
 
     def rings(self, version: tuple[int, int]) -> list[RingSpec]:
-        self.ring_size = self._fixed_ring_size or _ring_for(self.mtu)
+        self.ring_size = self._fixed_ring_size or _ring_for(self.mtu, self.tsolen)
         return [RingSpec(self.ring_size, 64, DringOption.TX, ack_each=False, open_ended=True)]
 
     def accepts_ring(self, reg: DringReg, version: tuple[int, int]) -> bool:
@@ -251,6 +295,8 @@ class VnetDevice(Device):
     def on_established(self, session: Session) -> None:
         self._session = session
         self.version = session.version
+        self._link = native()[0].new("struct vnet_link *", {
+            "mtu": self.mtu, "tsolen": self.tsolen, "allow_tags": self.vlan_tags_allowed, "ext": self.has_extension})
         self._ring = session.own_rings[0]
         self._prepare_buffers(session)
         if self.on_up is not None:
@@ -258,6 +304,8 @@ class VnetDevice(Device):
 
     def on_reset(self, reason: str) -> None:
         self._session = None
+        self.tsolen = self._lso_granted = self._lso_acked = 0
+        self._rx = None  # sized for the old session's largest frame
         self._ring = None
         self._tx = None
         self._tx_memory = ()
@@ -279,12 +327,33 @@ class VnetDevice(Device):
     def vlan_tags_allowed(self) -> bool:
         return self.version is not None and self.version >= (1, 3)
 
+    @property
+    def has_extension(self) -> bool:
+        """Descriptors carry the 8-byte extension (flags, LSO MSS) after two cookie slots."""
+        return self.version is not None and self.version >= LSO_VERSION
+
+    @property
+    def tx_lso_max(self) -> int:
+        """The largest LSO frame we send (within tsolen, as our TX buffers allow; 0: no LSO)."""
+        return min(self.tsolen, self._tx_slot() - PACKET_SKIP) if self.tsolen else 0
+
+    def _tx_slot(self) -> int:
+        slot = _slot_size(self.mtu)
+        if self.tsolen:
+            slot = max(slot, min(_slot_size(self.tsolen), self.tx_buffers // self.ring_size // 8 * 8))
+        return slot
+
+    @property
+    def largest_frame(self) -> int:
+        """The largest frame either way: the MTU, or the LSO maxlen when that is larger."""
+        return max(self.mtu, self.tsolen)
+
     # ---- frames out ----------------------------------------------------------------------
 
     def _prepare_buffers(self, session: Session) -> None:
         """One buffer per ring entry, exported for the session (Linux maps per frame; a fixed
         slot per entry saves the map-table work on every frame)."""
-        slot = _slot_size(self.mtu)
+        slot = self._tx_slot()
         size = max(8192, -(-(slot * self.ring_size) // 8192) * 8192)
         memory = session.memory
         if self._buffers is None or self._buffers.size < size:
@@ -300,7 +369,7 @@ class VnetDevice(Device):
         self._tx = ffi.new("struct vnet_tx_ring *", {
             "ring": ring_memory, "ring_size": ring.memory.size, "count": ring.count, "desc_size": ring.size,
             "buffers": buffers, "buffers_size": self._buffers.size, "slot_size": slot, "slot_cookies": slot_cookies,
-            "mtu": self.mtu, "allow_tags": self.vlan_tags_allowed, "ack_every": ACK_EVERY})
+            "link": self._link[0], "ack_every": ACK_EVERY})
 
     def _queue(self, batch: FrameBatch, group_of: Any = None, selected: Any = None, ngroups: int = 0) -> tuple[int, int, int]:
         """Frames of `batch` (those of the selected groups, if given) onto our TX ring, in order,
@@ -318,7 +387,7 @@ class VnetDevice(Device):
             # walking our ring; C already published the others behind it.
             # Now and then an entry asks for an ACK: under steady traffic the peer keeps
             # walking our ring and would otherwise only answer (STOPPED) when it runs dry.
-            session.submit(ring, ffi.buffer(result.first_desc)[:], ack=bool(result.first_ack))
+            session.submit(ring, ffi.buffer(result.first_desc)[: result.first_len], ack=bool(result.first_ack))
             ring.pending += queued - 1
         counters = self.counters
         counters["tx_frames"] += queued
@@ -326,9 +395,11 @@ class VnetDevice(Device):
         counters["tx_dropped"] += result.refused
         return queued, result.consumed, result.refused
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue a frame on our TX ring; False (and counted) when it cannot go."""
-        queued, consumed, _ = self._queue(FrameBatch.of([frame]))
+    def send_frame(self, frame: bytes, mss: int = 0) -> bool:
+        """Queue a frame on our TX ring (an LSO frame of segments of `mss` payload bytes,
+        if not 0 and LSO was negotiated); False (and counted) when it cannot go."""
+        queued, consumed, _ = self._queue(FrameBatch.of([frame], [mss]))
+        self.counters["tx_lso"] += bool(queued and mss and self.tsolen)
         if not consumed:
             self.counters["tx_dropped"] += 1  # link down or ring full
         return bool(queued)
@@ -376,17 +447,18 @@ class VnetDevice(Device):
         n = len(batch)
         rx = self._rx
         if rx is None or rx.capacity < n:  # grown by doubling to the largest walk step seen
-            rx = self._rx = FrameBatch.empty(max(n, 2 * rx.capacity if rx else 16), self.mtu)
+            rx = self._rx = FrameBatch.empty(max(n, 2 * rx.capacity if rx else 16), self.largest_frame)
         rx.struct.count = n
         indices, payloads = zip(*batch)
         _, lib = native()
         peer = session.memory.peer_memory.native_view() or self._no_peer_memory
-        lib.vnet_rx(b"".join(payloads), len(payloads[0]), n, peer, self.mtu, self.vlan_tags_allowed, rx.struct)
+        lib.vnet_rx(b"".join(payloads), len(payloads[0]), n, peer, self._link, rx.struct)
         if rx.good != n:
             self._count_refused(rx)
         if rx.good:
             self.counters["rx_frames"] += rx.good
             self.counters["rx_bytes"] += rx.total
+            self.counters["rx_lso"] += rx.lso
             self.on_frames(rx)
         session.complete_many(ring, list(indices))
 

@@ -4,6 +4,10 @@
 go into the switch, the switch's frames go out through the device. `VnetClient`
 is the guest side: a network device programs (and tests) can send and receive
 Ethernet frames with.
+
+Both offer LSO when asked (the port always does): with it
+negotiated an LSO frame off the ring enters as a GSO frame with its
+virtio_net_hdr, and a GSO TCP frame leaves as one LSO frame (lso.py).
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
 from ..vio.session import Session
 from .batch import FrameBatch, PairGroups
-from .port import PortConfig
+from .lso import gso_from_lso, lso_frames
+from .offload import OffloadError, finish
+from .port import Offloads, PortConfig
 from .switch import Switch
-from .vnet import FRAME_LEN, VLAN_LEN, VnetDevice
+from .vnet import FRAME_LEN, LSO_CLIENT_BUFFERS, MAX_TSO, VLAN_LEN, VnetDevice
 from .vnet_hdr import VirtioNetHdr
+
+#: What a vnet with LSO negotiated takes unfinished: GSO TCP/IPv4, and checksums left open.
+LSO_OFFLOADS = Offloads.CSUM | Offloads.TSO4
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +42,12 @@ log = logging.getLogger(__name__)
 class VnetPort:
     """One vnet client attached to a switch."""
 
-    def __init__(self, switch: Switch, ldc: LdcEndpoint, mac: bytes, config: PortConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, switch: Switch, ldc: LdcEndpoint, mac: bytes, config: PortConfig, clock: Callable[[], float] = time.monotonic,
+                 *, lso_maxlen: int = MAX_TSO) -> None:
         self.switch = switch
         self.config = config
         self.clock = clock
-        self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frames=self._from_vnet)
+        self.device = VnetDevice(mac, switch_side=True, mtu=config.mtu + 18, on_frames=self._from_vnet, lso_maxlen=lso_maxlen)
         self.device.on_multicast = self._multicast
         self.device.on_up = self._established
         self.endpoint = VioEndpoint(ldc, self.device)
@@ -49,14 +59,31 @@ class VnetPort:
         header = 18 if version >= (1, 3) else 14
         self.config.mtu = self.device.mtu - header
         self.config.tagged = version >= (1, 3) and bool(self.config.vlans)
+        self.config.offloads = LSO_OFFLOADS if self.device.tsolen else Offloads.NONE
         if not self.attached:
             self.switch.attach(self)
             self.attached = True
-        log.info("vsw %s: port %s up (vnet %d.%d, peer %s, frame MTU %d)", self.switch.name, self.config.name,
-                 version[0], version[1], self.device.peer_mac.hex(":") if self.device.peer_mac else "?", self.device.mtu)
+        log.info("vsw %s: port %s up (vnet %d.%d, peer %s, frame MTU %d, LSO up to %d)", self.switch.name, self.config.name,
+                 version[0], version[1], self.device.peer_mac.hex(":") if self.device.peer_mac else "?", self.device.mtu,
+                 self.device.tsolen)
 
     def _from_vnet(self, batch: FrameBatch) -> None:
-        self.switch.receive_batch(self, batch, self.clock())
+        if not batch.lso:
+            self.switch.receive_batch(self, batch, self.clock())
+            return
+        now = self.clock()  # frames one by one, in order: an LSO frame enters with its header
+        for i in range(batch.count):
+            if batch.lengths[i] < 0:
+                continue
+            frame = batch.frame(i)
+            try:
+                hdr = None
+                if batch.mss[i]:
+                    frame, hdr = gso_from_lso(frame, batch.mss[i])
+                self.switch.receive(self, frame, now, hdr)
+            except OffloadError as exc:
+                self.device.counters["rx_errors"] += 1
+                log.debug("vsw %s: port %s: LSO frame refused: %s", self.switch.name, self.config.name, exc)
 
     def _multicast(self, join: bool, group: bytes) -> bool:
         try:
@@ -70,8 +97,11 @@ class VnetPort:
             return False
 
     def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
-        """A frame from the switch for this vnet (never with a header: a vnet port takes no offloads)."""
-        if self.device.send_frame(frame):
+        """A frame from the switch for this vnet (with a header only when LSO was negotiated)."""
+        sent = False
+        for piece, mss in lso_frames(frame, hdr, self.device.tx_lso_max):
+            sent = self.device.send_frame(piece, mss) or sent
+        if sent:
             self.endpoint.pump_soon()
 
     def transmit_groups(self, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> None:
@@ -123,13 +153,17 @@ class VnetClient:
     """A guest-side vnet: send frames, get frames, join multicast groups."""
 
     def __init__(self, ldc: LdcEndpoint, mac: bytes, *, mtu: int = FRAME_LEN + VLAN_LEN,
-                 on_frame: Callable[[bytes], None] | None = None) -> None:
+                 on_frame: Callable[..., None] | None = None, lso_maxlen: int = 0) -> None:
         """`mtu` is the frame MTU offered: from vnet 1.3 it counts a VLAN tag, so the
-        default carries a 1500-byte payload untagged (1514 would leave 1496)."""
+        default carries a 1500-byte payload untagged (1514 would leave 1496).
+        `on_frame(frame)` takes each frame received, and `on_frame(frame, hdr)` each LSO
+        frame (as GSO, only when `lso_maxlen` is offered and LSO negotiated); without
+        on_frame, frames queue in `frames` (LSO frames cut into segments)."""
         self.frames: deque[bytes] = deque()  # received, not yet taken (unless on_frame takes them)
         self._arrived = asyncio.Event()
-        self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frame=on_frame,
-                                 on_frames=None if on_frame else self._arrive)
+        self._on_frame = on_frame
+        self.device = VnetDevice(mac, switch_side=False, mtu=mtu, on_frames=self._arrive, lso_maxlen=lso_maxlen,
+                                 tx_buffers=LSO_CLIENT_BUFFERS)
         self.endpoint = VioEndpoint(ldc, self.device)
         self.mac = mac
         self._space = asyncio.Event()
@@ -141,8 +175,17 @@ class VnetClient:
         await client.endpoint.open()
         return client
 
-    def send(self, frame: bytes, *, priority: bool = False) -> bool:
-        sent = self.device.send_priority(frame) if priority else self.device.send_frame(frame)
+    def send(self, frame: bytes, *, priority: bool = False, hdr: VirtioNetHdr | None = None) -> bool:
+        """Send a frame; with `hdr` (a GSO or checksum-offloaded frame) as one LSO frame when
+        the vnet negotiated LSO and the frame fits, else finished in software first."""
+        if priority:
+            sent = self.device.send_priority(frame)
+        elif hdr is None:
+            sent = self.device.send_frame(frame)
+        else:
+            sent = False
+            for piece, mss in lso_frames(frame, hdr, self.device.tx_lso_max):
+                sent = self.device.send_frame(piece, mss) or sent
         if sent:
             self.endpoint.pump_soon()
         return sent
@@ -172,7 +215,31 @@ class VnetClient:
             await asyncio.wait_for(self._space.wait(), timeout)
 
     def _arrive(self, batch: FrameBatch) -> None:
-        self.frames.extend(batch.frames())
+        on_frame = self._on_frame
+        if not batch.lso:
+            if on_frame is None:
+                self.frames.extend(batch.frames())
+                self._arrived.set()
+            else:
+                for frame in batch.frames():
+                    on_frame(frame)
+            return
+        for i in range(batch.count):
+            if batch.lengths[i] < 0:
+                continue
+            frame, mss = batch.frame(i), batch.mss[i]
+            try:
+                gso = gso_from_lso(frame, mss) if mss else None
+            except OffloadError as exc:
+                self.device.counters["rx_errors"] += 1
+                log.debug("vnet: LSO frame refused: %s", exc)
+                continue
+            if on_frame is None:
+                self.frames.extend(finish(*gso) if gso else (frame,))
+            elif gso:
+                on_frame(*gso)
+            else:
+                on_frame(frame)
         self._arrived.set()
 
     async def receive(self, timeout: float = 5.0) -> bytes:

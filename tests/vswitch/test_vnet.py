@@ -9,8 +9,8 @@ from backend.vio.constants import MsgType, SubType
 from backend.vio.loopback import connect, make_pair, pump
 from backend.vio.messages import DeviceMessage, Tag, decode
 from backend.vswitch.vnet import (
-    DDS_FAIL, DDS_STATUS, DDS_VNET_NIU, DESC, FRAME_LEN, MCAST_INFO, McastInfo, NetAttrs, VnetDevice,
-    negotiated_mtu,
+    DDS_FAIL, DDS_STATUS, DDS_VNET_NIU, DESC, FRAME_LEN, LSO_IPV4_CAPAB, MCAST_INFO, McastInfo, NetAttrs, VnetDevice,
+    negotiated_mtu, negotiated_tsolen,
 )
 
 CLIENT_MAC = bytes.fromhex("020000000001")
@@ -23,10 +23,10 @@ def frame(dst: bytes, src: bytes, size: int = 60, tag: int | None = None) -> byt
     return (head + b"\x08\x00").ljust(size, b"\xab")
 
 
-def pair(client_versions=None, switch_versions=None, client_mtu=FRAME_LEN, switch_mtu=FRAME_LEN):
+def pair(client_versions=None, switch_versions=None, client_mtu=FRAME_LEN, switch_mtu=FRAME_LEN, client_lso=0, switch_lso=0):
     got_client, got_switch = [], []
-    client = VnetDevice(CLIENT_MAC, switch_side=False, mtu=client_mtu, on_frame=got_client.append)
-    switch = VnetDevice(SWITCH_MAC, switch_side=True, mtu=switch_mtu, on_frame=got_switch.append)
+    client = VnetDevice(CLIENT_MAC, switch_side=False, mtu=client_mtu, on_frame=got_client.append, lso_maxlen=client_lso)
+    switch = VnetDevice(SWITCH_MAC, switch_side=True, mtu=switch_mtu, on_frame=got_switch.append, lso_maxlen=switch_lso)
     if client_versions:
         client.versions = client_versions
     if switch_versions:
@@ -62,6 +62,50 @@ def test_mtu_negotiated_down_from_1_4() -> None:
 def test_old_versions_use_fixed_mtus() -> None:
     a, b, client, switch, *_ = pair(client_versions=((1, 0),), client_mtu=9000, switch_mtu=9000)
     assert a.session.version == (1, 0) and client.mtu == switch.mtu == FRAME_LEN
+
+
+@pytest.mark.parametrize(
+    "version, ours, cflags, theirs, expected",
+    [((1, 6), 65535, LSO_IPV4_CAPAB, 65535, 0), ((1, 7), 65535, LSO_IPV4_CAPAB, 65535, 65535),
+     ((1, 8), 65535, LSO_IPV4_CAPAB, 16384, 16384), ((1, 8), 8192, LSO_IPV4_CAPAB, 65535, 8192),
+     ((1, 8), 65535, 0, 65535, 0), ((1, 8), 0, LSO_IPV4_CAPAB, 65535, 0), ((1, 8), 65535, LSO_IPV4_CAPAB, 2047, 0),
+     ((1, 8), 65535, LSO_IPV4_CAPAB, 2048, 2048)],
+)
+def test_lso_rules(version, ours, cflags, theirs, expected) -> None:
+    assert negotiated_tsolen(version, ours, cflags, theirs) == expected
+
+
+@pytest.mark.parametrize(
+    "client_lso, switch_lso, versions, expected",
+    [(65535, 65535, None, 65535), (65535, 16384, None, 16384), (0, 65535, None, 0), (65535, 0, None, 0),
+     (65535, 65535, ((1, 6),), 0), (65535, 65535, ((1, 7),), 65535)],
+)
+def test_lso_negotiated_in_the_handshake(client_lso, switch_lso, versions, expected) -> None:
+    a, b, client, switch, *_ = pair(client_versions=versions, client_lso=client_lso, switch_lso=switch_lso)
+    assert a.session.established and b.session.established
+    assert client.tsolen == switch.tsolen == expected
+
+
+def test_lso_attribute_fields_on_the_wire() -> None:
+    """Our INFO offers LSO from 1.7 only; the ACK of a peer's offer clears the flag when we
+    do not offer LSO, and lowers maxlen to ours when we do."""
+    offering = VnetDevice(SWITCH_MAC, switch_side=True, lso_maxlen=16384)
+    plain = VnetDevice(SWITCH_MAC, switch_side=True)
+    info = NetAttrs.decode(offering.attr_payload((1, 8)))
+    assert (info.cflags, info.ipv4_lso_maxlen) == (LSO_IPV4_CAPAB, 16384)
+    old = NetAttrs.decode(offering.attr_payload((1, 6)))
+    assert (old.cflags, old.ipv4_lso_maxlen) == (0, 0)
+    peer = NetAttrs(0x4, 1, 0, 0, 1, int.from_bytes(CLIENT_MAC, "big"), 1514, LSO_IPV4_CAPAB, 65535).encode()
+    ack = offering.on_attr_info(peer, (1, 8))
+    assert ack.ack and (NetAttrs.decode(ack.payload).cflags, NetAttrs.decode(ack.payload).ipv4_lso_maxlen) == (1, 16384)
+    ack = plain.on_attr_info(peer, (1, 8))
+    assert ack.ack and (NetAttrs.decode(ack.payload).cflags, NetAttrs.decode(ack.payload).ipv4_lso_maxlen) == (0, 0)
+
+
+def test_lso_maxlen_out_of_range_is_refused() -> None:
+    for bad in (1, 2047, 65536):
+        with pytest.raises(ValueError):
+            VnetDevice(SWITCH_MAC, switch_side=True, lso_maxlen=bad)
 
 
 def test_frames_both_ways_over_the_rings() -> None:
