@@ -116,12 +116,9 @@ def _vsw(args: argparse.Namespace) -> int:
         if args.capture and not args.uplink:
             raise ConfigError("--capture records the uplink: give --uplink too")
         if args.uplink:
-            from .vswitch.tap import TapDevice, TapPort
+            from .vswitch.tap import open_uplink
 
-            device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge))
-            uplink = TapPort(device)
-            switch.attach(uplink, uplink=True)
-            uplink.attach(asyncio.get_running_loop(), lambda frame: switch.receive(uplink, frame, time.monotonic()))
+            uplink = open_uplink(switch, args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge))
             if args.capture:
                 from .vswitch.pcap import capture
 

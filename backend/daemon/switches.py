@@ -168,14 +168,12 @@ class SwitchService:
         spec = self.spec
         if spec.uplink is not None:
             from ..vswitch.port import PortConfig
-            from ..vswitch.tap import TapDevice, TapPort
+            from ..vswitch.tap import open_uplink
 
-            device = TapDevice(spec.uplink, mtu=spec.mtu, bridge=spec.bridge,
-                               create_bridge=spec.create_bridge and spec.bridge is not None)
-            uplink = TapPort(device, PortConfig(spec.uplink, spec.mtu, spec.pvid, spec.vlans, tagged=bool(spec.vlans)))
+            uplink = open_uplink(self.switch, spec.uplink, mtu=spec.mtu, bridge=spec.bridge,
+                                 create_bridge=spec.create_bridge and spec.bridge is not None,
+                                 config=PortConfig(spec.uplink, spec.mtu, spec.pvid, spec.vlans, tagged=bool(spec.vlans)))
             self.uplink = uplink
-            self.switch.attach(uplink, uplink=True)
-            uplink.attach(asyncio.get_running_loop(), lambda frame: self.switch.receive(uplink, frame, time.monotonic()))
             if spec.capture is not None:
                 from ..vswitch.pcap import capture
 

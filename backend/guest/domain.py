@@ -7,9 +7,7 @@ control domain's DS agent, and the `LdcDevice` carrying one channel each.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 from ..ds.agent import DsAgent
@@ -23,7 +21,7 @@ from ..vhost.aio import VhostUserServer
 from ..vhost.devices import ldc_services
 from ..vhost.devices.ldc import ChannelSpec, LdcDevice
 from ..vswitch.switch import Switch
-from ..vswitch.tap import TapDevice, TapPort
+from ..vswitch.tap import TapPort, open_uplink
 
 DS_PORT = 1
 
@@ -98,12 +96,9 @@ class ServedDomain:
 
     def _attach_uplink(self) -> None:
         assert self.switch is not None and self.config.uplink
-        switch = self.switch
-        device = TapDevice(self.config.uplink, mtu=self.config.mtu, bridge=self.config.bridge, create_bridge=bool(self.config.bridge))
-        uplink = TapPort(device)
+        uplink = open_uplink(self.switch, self.config.uplink, mtu=self.config.mtu, bridge=self.config.bridge,
+                             create_bridge=bool(self.config.bridge))
         self._stack.callback(uplink.close)
-        switch.attach(uplink, uplink=True)
-        uplink.attach(asyncio.get_running_loop(), lambda frame: switch.receive(uplink, frame, time.monotonic()))
         self.uplink = uplink
 
     def describe(self) -> str:

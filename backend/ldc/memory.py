@@ -255,18 +255,21 @@ class PeerMemory:
         table, segments = self._table, self._segments
         if table is None or segments is None:
             return None
-        if self._native is not None and len(self._native[1]) == len(segments) + 2:
+        if self._native is not None and len(self._native[1]) == len(segments) + 3:
             return self._native[0]
-        from ..native import native
+        from ..native import native, pin
 
         ffi, _ = native()
         items = list(segments.items())
         array = ffi.new("struct ldc_segment[]", max(1, len(items)))
-        keep: list[Any] = [array, ffi.from_buffer(table)]
+        table_keep, table_bytes = pin(table)
+        keep: list[Any] = [array, table_bytes, table_keep]
         for slot, (segment_id, view) in zip(array, items):
-            buffer = ffi.from_buffer(view, require_writable=True)
-            keep.append(buffer)
-            slot.id, slot.base, slot.size = segment_id, ffi.cast("uint8_t *", buffer), len(view)
+            if view.readonly:
+                raise ValueError(f"segment {segment_id} is read-only memory")
+            buffer_keep, buffer = pin(view)
+            keep.append(buffer_keep)
+            slot.id, slot.base, slot.size = segment_id, buffer, len(view)
         view = ffi.new("struct ldc_peer_memory *", {"table": keep[1], "entries": self._entries,
                                                       "segments": array, "nsegments": len(items)})
         self._native = (view, keep)

@@ -28,3 +28,19 @@ def native() -> tuple[Any, Any]:
     if _loaded is None:
         _loaded = load()
     return _loaded
+
+
+def pin(view: memoryview) -> tuple[Any, Any]:
+    """A C pointer to the bytes of `view`, and the object that keeps them alive.
+
+    The C buffer holds the object under the view (an mmap or bytearray), not
+    the view itself: a view exported to C and caught in a garbage cycle makes
+    the collector fail ("memoryview has 1 exported buffer") when it clears the
+    view first."""
+    ffi, _ = native()
+    base = ffi.from_buffer("uint8_t[]", view.obj)
+    with ffi.from_buffer("uint8_t[]", view) as probe:
+        offset = int(ffi.cast("uintptr_t", probe)) - int(ffi.cast("uintptr_t", base))
+    if not view.contiguous or not 0 <= offset <= len(base) - view.nbytes:
+        raise ValueError("memory not inside its own buffer")
+    return base, base + offset

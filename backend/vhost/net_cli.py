@@ -9,9 +9,7 @@ tap uplink, which carries checksum/TSO offloads unless told not to.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import time
 from dataclasses import dataclass
 
 
@@ -109,16 +107,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def _uplink(switch, args: argparse.Namespace, offloads):
     """The tap uplink (with vnet headers and TUNSETOFFLOAD) as an offload-carrying switch port; returns its closer."""
-    from ..vswitch.tap import TapDevice, TapPort
-    from ..vswitch.vnet_hdr import VIRTIO_NET_HDR_SIZE
+    from ..vswitch.tap import open_uplink
 
-    device = TapDevice(args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge),
-                       vnet_hdr=True, vnet_hdr_size=VIRTIO_NET_HDR_SIZE)
-    try:
-        port = TapPort(device, offloads=offloads)
-        switch.attach(port, uplink=True)
-    except BaseException:
-        device.close()
-        raise
-    port.attach(asyncio.get_running_loop(), lambda frame, hdr=None: switch.receive(port, frame, time.monotonic(), hdr))
-    return port.close
+    return open_uplink(switch, args.uplink, mtu=args.mtu, bridge=args.bridge, create_bridge=bool(args.bridge),
+                       offloads=offloads).close

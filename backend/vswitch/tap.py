@@ -42,17 +42,22 @@ import fcntl
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, GuestError
+from .offload import ALL as ALL_OFFLOADS
 from .port import Offloads, PortConfig
 from .vnet_hdr import VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_SIZE, VirtioNetHdr, check_hdr_size
+
+if TYPE_CHECKING:
+    from .switch import Switch
 
 log = logging.getLogger(__name__)
 
@@ -474,3 +479,23 @@ class TapPort:
         self.counters.tx_frames += 1
         self.counters.tx_bytes += len(frame)
         self.counters.tx_gso += hdr is not None and hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE
+
+
+def open_uplink(switch: Switch, name: str, *, mtu: int, bridge: str | None = None, create_bridge: bool = False,
+                config: PortConfig | None = None, offloads: Offloads = ALL_OFFLOADS) -> TapPort:
+    """A new tap as `switch`'s uplink, carrying virtio_net_hdr both ways.
+
+    Large TCP segments (a vnet's LSO, a virtio-net guest's TSO) then reach the
+    kernel whole and come back whole, instead of being cut to the MTU and
+    checksummed in Python. Closing the port removes the tap (and a bridge it made).
+    """
+    device = TapDevice(name, mtu=mtu, bridge=bridge, create_bridge=create_bridge, vnet_hdr=True,
+                       vnet_hdr_size=VIRTIO_NET_HDR_SIZE)
+    try:
+        port = TapPort(device, config, offloads=offloads)
+        switch.attach(port, uplink=True)
+    except BaseException:
+        device.close()
+        raise
+    port.attach(asyncio.get_running_loop(), lambda frame, hdr=None: switch.receive(port, frame, time.monotonic(), hdr))
+    return port

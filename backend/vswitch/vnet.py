@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..ldc.memory import PERM_RW, TRANSPORT_COOKIE, Segment
-from ..native import native
+from ..native import native, pin
 from ..vio.constants import DevClass, DringOption, SubType
 from ..vio.device import AttrReply, Device, RingSpec
 from ..vio.dring import OwnedRing
@@ -169,21 +169,6 @@ def our_mtu(version: tuple[int, int], configured: int) -> int:
     if version == (1, 3):
         return FRAME_LEN + VLAN_LEN
     return configured
-
-
-def _pin(view: memoryview) -> tuple[Any, Any]:
-    """A C pointer to the bytes of `view`, and the object that keeps them alive.
-
-    The C buffer holds the object under the view (an mmap or bytearray), not
-    the view itself: a view exported to C and caught in a garbage cycle makes
-    the collector complain when it clears the view first."""
-    ffi, _ = native()
-    base = ffi.from_buffer("uint8_t[]", view.obj)
-    with ffi.from_buffer("uint8_t[]", view) as probe:
-        offset = int(ffi.cast("uintptr_t", probe)) - int(ffi.cast("uintptr_t", base))
-    if not view.contiguous or not 0 <= offset <= len(base) - view.nbytes:
-        raise ValueError("memory not inside its own buffer")
-    return base, base + offset
 
 
 class VnetDevice(Device):
@@ -362,8 +347,8 @@ class VnetDevice(Device):
         ring = self._ring
         assert ring is not None and ring.memory.single is not None  # our own ring: one segment
         ffi, _ = native()
-        ring_keep, ring_memory = _pin(ring.memory.single)
-        buffers_keep, buffers = _pin(self._buffers.view)
+        ring_keep, ring_memory = pin(ring.memory.single)
+        buffers_keep, buffers = pin(self._buffers.view)
         slot_cookies = ffi.new("uint64_t[]", self._slot_cookies)
         self._tx_memory = (ring_keep, buffers_keep, slot_cookies)
         self._tx = ffi.new("struct vnet_tx_ring *", {
