@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +17,7 @@ from backend.vdisk.client import VdcClient, VdcDevice
 from backend.vdisk.protocol import SLICE_ABSOLUTE, DiskRequest, Op
 from backend.vio.loopback import pump
 
+from ..page_cache import drop_from_page_cache
 from .test_two_process import MiB, server  # noqa: F401  (a vds process serving d0 and d1)
 from .test_vds import Harness, export  # noqa: F401  (an 8 MiB disk)
 
@@ -56,23 +55,6 @@ def _send(h: Harness, op: int, block: int, length: int, offset_in_segment: int, 
     pump(h.a, h.b)
 
 
-def _drop_from_page_cache(path: str) -> None:
-    """Evict the file's pages (fincore, from util-linux, confirms: DONTNEED is only advice)."""
-    for _ in range(50):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        if resident == "0":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} stays in the page cache ({resident} bytes)")
-
-
 def test_cached_read_skips_the_runner_and_uncached_read_uses_it(harness, export) -> None:  # noqa: F811
     h, runner = harness
     data = random.Random(3).randbytes(64 * 1024)
@@ -98,7 +80,7 @@ def test_cached_read_skips_the_runner_and_uncached_read_uses_it(harness, export)
     # can finish before the page is looked up, likelier on a busy machine): then the
     # read is served at once, still correctly, and we evict and try again.
     for _ in range(40):
-        _drop_from_page_cache(export.engine.path)
+        drop_from_page_cache(export.engine.path)
         h.segment.view[MiB : MiB + len(data)] = bytes(len(data))
         handed, done = runner.handed, len(codes)
         _send(h, Op.BREAD, 8, len(data), MiB, codes)

@@ -16,6 +16,7 @@ from backend.vhost.constants import VIRTIO_F_ACCESS_PLATFORM, DeviceStatus
 from backend.vhost.devices import blk
 from backend.vhost.frontend import VirtioGuest
 
+from ..page_cache import drop_from_page_cache
 from .helpers import blk_request, serving
 
 DISK = 4 << 20
@@ -64,15 +65,6 @@ def guest(engine, tmp_path):
         g.close()
 
 
-def drop_page_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def expected(path: str, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -87,7 +79,7 @@ def test_a_cached_read_is_served_on_the_loop_and_an_uncached_one_in_an_io_thread
     assert engine.reads == [("cached", engine.reads[0][1])] and not engine.reads[0][1].startswith("vhost-io")
 
     engine.reads.clear()
-    drop_page_cache(disk)
+    drop_from_page_cache(disk)
     status, data, written = blk_request(guest, 0, blk.T_IN, 2048, read=65536)
     assert (status, data, written) == (blk.S_OK, expected(disk, 2048 * 512, 65536), 65537)
     assert [how for how, _ in engine.reads] == ["read_into"] and engine.reads[0][1].startswith("vhost-io")
