@@ -237,7 +237,7 @@ class PeerMemory:
         self._table: memoryview | None = memoryview(table).cast("B")
         self._entries = len(self._table) // MTE.size
         self._segments: Mapping[int, memoryview] | None = segments
-        self._native: tuple[Any, list[Any]] | None = None  # see native_view()
+        self._native: tuple[Any, int, list[Any]] | None = None  # see native_view(): view, segments in it, what keeps it valid
 
     def revoke(self) -> None:
         """Forget the peer's memory (channel reset or unmap of everything)."""
@@ -255,7 +255,7 @@ class PeerMemory:
         table, segments = self._table, self._segments
         if table is None or segments is None:
             return None
-        if self._native is not None and len(self._native[1]) == len(segments) + 3:
+        if self._native is not None and self._native[1] == len(segments):
             return self._native[0]
         from ..native import native, pin
 
@@ -263,16 +263,16 @@ class PeerMemory:
         items = list(segments.items())
         array = ffi.new("struct ldc_segment[]", max(1, len(items)))
         table_keep, table_bytes = pin(table)
-        keep: list[Any] = [array, table_bytes, table_keep]
+        keep: list[Any] = [array, table_keep]
         for slot, (segment_id, view) in zip(array, items):
             if view.readonly:
                 raise ValueError(f"segment {segment_id} is read-only memory")
             buffer_keep, buffer = pin(view)
             keep.append(buffer_keep)
             slot.id, slot.base, slot.size = segment_id, buffer, len(view)
-        view = ffi.new("struct ldc_peer_memory *", {"table": keep[1], "entries": self._entries,
+        view = ffi.new("struct ldc_peer_memory *", {"table": table_bytes, "entries": self._entries,
                                                       "segments": array, "nsegments": len(items)})
-        self._native = (view, keep)
+        self._native = (view, len(items), keep)
         return view
 
     def resolve(self, cookies: Iterable[TransportCookie], offset: int, length: int, need: int) -> list[memoryview]:
