@@ -112,24 +112,25 @@ class _Connection(asyncio.Protocol):
             self.server.check(request)
         except OSError:
             return False
-        handle = request.handle
-
         def done(code: int, view: memoryview | None) -> None:
             self._reads -= 1
             if view is None:
-                self.protocol.reply(handle, _NBD_ERRORS.get(code, nbd.EIO))
-                log.info("NBD read at %d+%d failed: %s", request.offset, request.length, errno.errorcode.get(code, code))
+                self._reply_error(request, OSError(code, os.strerror(code)))
                 self._flush_soon()
             elif len(view) > LARGE_READ:
-                self.protocol.reply(handle, 0, view)
+                self.protocol.reply(request.handle, 0, view)
                 self._flush()  # straight from the vdc's buffer, before it is reused
             else:
-                self.protocol.reply(handle, 0, bytes(view))
+                self.protocol.reply(request.handle, 0, bytes(view))
                 self._flush_soon()
 
         started = self.server.disk.start_read(request.offset, request.length, done)
         self._reads += started
         return started
+
+    def _reply_error(self, request: nbd.Request, exc: OSError) -> None:
+        self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
+        log.info("NBD command %d at %d+%d failed: %s", request.command, request.offset, request.length, exc)
 
     async def _serve(self, request: nbd.Request, number: int) -> None:
         """Answer one request; it leaves `_tasks` before the flush that may close the
@@ -137,8 +138,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.protocol.reply(request.handle, 0, await self.server.execute(request))
         except OSError as exc:
-            self.protocol.reply(request.handle, _NBD_ERRORS.get(exc.errno or 0, nbd.EIO))
-            log.info("NBD command %d at %d+%d failed: %s", request.command, request.offset, request.length, exc)
+            self._reply_error(request, exc)
         finally:
             del self._tasks[number]
         self._flush_soon()
