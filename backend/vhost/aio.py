@@ -140,6 +140,7 @@ class QueueRunner:
         self._connection.device_broken(f"queue {self.index}: {reason}")
 
     def want_kicks(self) -> bool:
+        """Kicks on (event index); True if chains came meanwhile. A broken ring fails the device."""
         if self.stopped:
             return False
         try:
@@ -180,14 +181,7 @@ class QueueRunner:
             self._in_turn = False
         if self.stopped or self._parked:
             return  # parked: the IOTLB update wakes us
-        try:
-            more = self._exhausted or (self._connection.device.kicks_wanted(self.index) and self.queue.enable_kicks())
-        except QueueBroken as exc:
-            self.fail(str(exc))
-            return
-        except RingsUnmapped:
-            return
-        if more:
+        if self._exhausted or (self._connection.device.kicks_wanted(self.index) and self.want_kicks()):
             self._schedule()
 
     def _notify(self) -> None:
