@@ -25,7 +25,8 @@ from .constants import (
 )
 from .iommu import Iommu
 from .messages import MemoryRegion, VringAddr
-from .virtqueue import DESC, U16, USED_ELEM, check_queue_size, ring_sizes
+from .ring_words import fence, words
+from .virtqueue import DESC, USED_ELEM, check_queue_size, ring_sizes
 
 PAGE = 4096
 
@@ -114,6 +115,7 @@ class DriverQueue:
         self.used = ram.view(self.used_buf.gpa, used_len)
         for view in (self.desc, self.avail, self.used):
             view[:] = bytes(len(view))
+        self.avail_words, self.used_words = words(self.avail), words(self.used)  # the words the device reads as we write
         self._free_heads = list(range(size))
         self._chains: dict[int, tuple[list[int], Buffer | None]] = {}
         self._dma: dict[int, list[tuple[int, int]]] = {}  # head -> IOVA ranges mapped for the chain
@@ -185,23 +187,24 @@ class DriverQueue:
 
     def publish(self, head: int) -> None:
         """Put `head` in the avail ring and move the index (the element first, then the index)."""
-        U16.pack_into(self.avail, 4 + 2 * (self.avail_idx % self.size), head)
+        self.avail_words[2 + self.avail_idx % self.size] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        U16.pack_into(self.avail, 2, self.avail_idx)
+        self.avail_words[1] = self.avail_idx
 
     def set_avail_idx(self, value: int) -> None:
         """Raw: claim any avail index (bad-input tests)."""
         self.avail_idx = value & 0xFFFF
-        U16.pack_into(self.avail, 2, self.avail_idx)
+        self.avail_words[1] = self.avail_idx
 
     def kick_needed(self) -> bool:
         """Does the device want a kick for what we published since the last one? (2.7.10)"""
         new, old = self.avail_idx, self._kicked_at
         self._kicked_at = new
+        fence()  # the avail index we published, before we read whether the device wants a kick
         if self.event_idx:
-            avail_event = U16.unpack_from(self.used, 4 + 8 * self.size)[0]
+            avail_event = self.used_words[2 + 4 * self.size]
             return ((new - avail_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not U16.unpack_from(self.used, 0)[0] & VRING_USED_F_NO_NOTIFY
+        return not self.used_words[0] & VRING_USED_F_NO_NOTIFY
 
     def take_used(self, *, rearm: bool = True) -> list[tuple[int, int]]:
         """Chains the device returned since last time: (head, bytes written). Frees their descriptors.
@@ -210,7 +213,7 @@ class DriverQueue:
         it the used_event index stays behind and the device does not call (a
         transmit queue reclaims its buffers when it needs them instead)."""
         out = []
-        used_idx = U16.unpack_from(self.used, 2)[0]
+        used_idx = self.used_words[1]
         while self.last_used != used_idx:
             head, written = USED_ELEM.unpack_from(self.used, 4 + 8 * (self.last_used % self.size))
             self.last_used = (self.last_used + 1) & 0xFFFF
@@ -222,15 +225,16 @@ class DriverQueue:
                 self.ram.free(table)
             out.append((head, written))
         if self.event_idx and rearm:
-            U16.pack_into(self.avail, 4 + 2 * self.size, self.last_used)  # used_event: call me on the next one
+            self.avail_words[2 + self.size] = self.last_used  # used_event: call me on the next one
+            fence()  # before the caller looks at the used index again (pending_used)
         return out
 
     def used_index(self) -> int:
         """The used ring's index as the device last wrote it."""
-        return U16.unpack_from(self.used, 2)[0]
+        return self.used_words[1]
 
     def pending_used(self) -> bool:
-        return U16.unpack_from(self.used, 2)[0] != self.last_used
+        return self.used_words[1] != self.last_used
 
 
 __all__ = ["Buffer", "DriverQueue", "GuestRam"]

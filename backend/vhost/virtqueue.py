@@ -27,9 +27,9 @@ from .constants import (
 )
 from .inflight import InflightRing
 from .memory import AddressSpace
+from .ring_words import fence, words
 
 DESC = struct.Struct("<QIHH")
-U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 MAX_CHAIN_BYTES = 1 << 32
 REWIND_LIMIT = 64  # chains a device may give back (rewind): those it took last
@@ -71,6 +71,8 @@ class RingViews:
     desc: memoryview
     avail: memoryview
     used: memoryview
+    avail_words: memoryview  # avail as 16-bit words: [0] flags, [1] idx, [2 + i] ring, [2 + N] used_event
+    used_words: memoryview  # used as 16-bit words: [0] flags, [1] idx, [2 + 4 * N] avail_event
 
     @classmethod
     def resolve(cls, space: AddressSpace, size: int, desc: int, avail: int, used: int) -> RingViews:
@@ -79,7 +81,8 @@ class RingViews:
         if desc % 16 or avail % 2 or used % 4:
             raise QueueBroken(f"misaligned ring: desc 0x{desc:x} avail 0x{avail:x} used 0x{used:x}")
         desc_len, avail_len, used_len = ring_sizes(size)
-        return cls(space.view(desc, desc_len), space.view(avail, avail_len), space.view(used, used_len, True))
+        avail_view, used_view = space.view(avail, avail_len), space.view(used, used_len, True)
+        return cls(space.view(desc, desc_len), avail_view, used_view, words(avail_view), words(used_view))
 
 
 class RingsUnmapped(BackendError):
@@ -123,7 +126,7 @@ class SplitQueue:
             return
         if not self._started:
             self._started = True
-            self.used_idx = self._signalled_used = U16.unpack_from(rings.used, 2)[0]
+            self.used_idx = self._signalled_used = rings.used_words[1]
             if self.inflight is not None:
                 heads = self.inflight.recover(self.used_idx)
                 if heads is not None:
@@ -146,7 +149,7 @@ class SplitQueue:
     # ---- taking requests --------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        return U16.unpack_from(self._bound().avail, 2)[0]
+        return self._bound().avail_words[1]
 
     def pending(self) -> int:
         """Chains the driver made available that we have not taken."""
@@ -163,7 +166,7 @@ class SplitQueue:
         else:
             if not self.pending():
                 return None
-            head, resubmitted = U16.unpack_from(rings.avail, 4 + 2 * (self.last_avail % self.size))[0], False
+            head, resubmitted = rings.avail_words[2 + self.last_avail % self.size], False
         try:
             chain = self._walk(head)
         except QueueBroken:
@@ -247,7 +250,7 @@ class SplitQueue:
         slot = self.used_idx % self.size
         USED_ELEM.pack_into(self.rings.used, 4 + 8 * slot, head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        U16.pack_into(self.rings.used, 2, self.used_idx)  # after the element: the driver reads idx first
+        self.rings.used_words[1] = self.used_idx  # after the element: the driver reads idx first
         if self.inflight is not None:
             self.inflight.put(head, self.used_idx)
 
@@ -261,13 +264,15 @@ class SplitQueue:
         if new == old and valid:
             return False
         rings = self.rings
+        fence()  # the used index we published, before we read whether the driver wants to hear of it
         if not self.event_idx:
-            return not U16.unpack_from(rings.avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
-        used_event = U16.unpack_from(rings.avail, 4 + 2 * self.size)[0]
+            return not rings.avail_words[0] & VRING_AVAIL_F_NO_INTERRUPT
+        used_event = rings.avail_words[2 + self.size]
         return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
     def enable_kicks(self) -> bool:
         """Ask the driver to kick on its next chain; True if chains arrived meanwhile (take them)."""
         if self.event_idx:
-            U16.pack_into(self._bound().used, 4 + 8 * self.size, self.avail_idx())
+            self._bound().used_words[2 + 4 * self.size] = self.avail_idx()
+            fence()  # avail_event out before we look at the avail index again
         return self.pending() > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,6 +68,40 @@ def test_event_index_suppresses_and_requests_notifications(ram: GuestRam) -> Non
     device.enable_kicks()
     driver.add([buf])
     assert driver.kick_needed()
+    release(ram, driver)
+
+
+def _seen_while_another_process_writes(write: object, read: object, values: tuple[int, int]) -> set[int]:
+    """What `read` returns while a child process flips a ring word between two values with `write`."""
+    write(values[0])  # type: ignore[operator]
+    child = os.fork()
+    if child == 0:
+        try:
+            for n in range(400_000):
+                write(values[n & 1])  # type: ignore[operator]
+        finally:
+            os._exit(0)
+    seen: set[int] = set()
+    while os.waitpid(child, os.WNOHANG) == (0, 0):
+        for _ in range(1000):
+            seen.add(read())  # type: ignore[operator]
+    return seen
+
+
+def test_ring_indices_are_never_seen_half_written(ram: GuestRam) -> None:
+    """Driver and device run at once: an index moving from 0x00ff to 0x0100 must read as one
+    or the other, never 0 (struct.pack_into clears a field first) or 0x01ff / 0x0000 (bytes
+    of two different writes)."""
+    driver, device, _ = pair(ram, event_idx=True)
+    device.last_avail = 0x00F8
+    values = (0x00FF, 0x0100)
+    assert _seen_while_another_process_writes(driver.set_avail_idx, device.avail_idx, values) <= set(values)
+
+    def push_used(value: int) -> None:
+        device.used_idx = value - 1
+        device.push(0, 0)
+
+    assert _seen_while_another_process_writes(push_used, driver.used_index, values) <= set(values)
     release(ram, driver)
 
 
