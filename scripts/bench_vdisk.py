@@ -44,6 +44,40 @@ async def random_reads(client: VdcClient, depth: int, total: int) -> tuple[float
     return time.perf_counter() - start, latencies
 
 
+async def random_reads_callbacks(client: VdcClient, depth: int, total: int) -> tuple[float, list[float]]:
+    """The same reads through `start_read` (a callback per read, no coroutine or future):
+    what a server of many small requests (the NBD export) uses."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(1)
+    latencies: list[float] = []
+    blocks = DISK // 4096
+    finished = loop.create_future()
+    issued = 0
+
+    def issue() -> None:
+        nonlocal issued
+        issued += 1
+        start = time.perf_counter()
+
+        def done(code: int, _view: memoryview | None) -> None:
+            latencies.append(time.perf_counter() - start)
+            if code and not finished.done():
+                finished.set_exception(OSError(code, "vDisk read failed"))
+            elif issued < total:
+                issue()
+            elif len(latencies) == total and not finished.done():
+                finished.set_result(None)
+
+        if not client.start_read(rng.randrange(blocks) * 4096, 4096, done):
+            raise RuntimeError("no free buffer slot: depth is above the ring's")
+
+    start = time.perf_counter()
+    for _ in range(depth):
+        issue()
+    await finished
+    return time.perf_counter() - start, latencies
+
+
 async def read_in_place(client: VdcClient, offset: int) -> None:
     async with client.read_view(offset, MiB) as view:
         view[0]  # the data is there to use; no copy out of the shared buffer
@@ -111,6 +145,10 @@ async def measure(socket_path: str, scale: int, server_pid: int) -> dict[str, fl
     elapsed, lat = await random_reads(client, 32, 64_000 // scale)
     per_request("qd32", before, len(lat))
     results["qd32_iops"], results["qd32_p50"], results["qd32_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
+    before = cpu()
+    elapsed, lat = await random_reads_callbacks(client, 32, 64_000 // scale)
+    per_request("qd32cb", before, len(lat))
+    results["qd32cb_iops"], results["qd32cb_p50"], results["qd32cb_p99"] = len(lat) / elapsed, ms(lat, 50), ms(lat, 99)
     total = 1024 * MiB // scale
     before = cpu()
     results["seq_read"] = total / MiB / await sequential(client, False, total)
@@ -150,11 +188,13 @@ def main() -> None:
     print(f"{'case':38} {'vDisk':>12} {'p50 ms':>8} {'p99 ms':>8} {'reference (pread, no protocol)':>34}")
     print(f"{'4 KiB random read, depth 1, IOPS':38} {r['qd1_iops']:>12,.0f} {r['qd1_p50']:>8.3f} {r['qd1_p99']:>8.3f} {ref_iops:>26,.0f} IOPS")
     print(f"{'4 KiB random read, depth 32, IOPS':38} {r['qd32_iops']:>12,.0f} {r['qd32_p50']:>8.3f} {r['qd32_p99']:>8.3f}")
+    print(f"{'  the same with start_read callbacks':38} {r['qd32cb_iops']:>12,.0f} {r['qd32cb_p50']:>8.3f} {r['qd32cb_p99']:>8.3f}")
     print(f"{'1 MiB sequential read, MB/s':38} {r['seq_read'] * 1.048576:>12,.0f} {'':>8} {'':>8} {ref_seq * 1.048576:>26,.0f} MB/s")
     print(f"{'1 MiB sequential read in place, MB/s':38} {r['seq_view'] * 1.048576:>12,.0f}   (read_view: no copy out)")
     print(f"{'1 MiB sequential write, MB/s':38} {r['seq_write'] * 1.048576:>12,.0f}")
     print(f"CPU per request, us (vdc process + vds process); load average {os.getloadavg()[0]:.1f}")
     for key, name in (("qd1", "4 KiB random read, depth 1"), ("qd32", "4 KiB random read, depth 32"),
+                      ("qd32cb", "  the same with start_read callbacks"),
                       ("seq_read", "1 MiB sequential read"), ("seq_view", "1 MiB sequential read in place"),
                       ("seq_write", "1 MiB sequential write")):
         client, server = r[f"{key}_cpu_client"], r[f"{key}_cpu_server"]
