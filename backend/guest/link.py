@@ -145,6 +145,7 @@ class GuestLdc:
         self.guest = guest
         self.channels: list[GuestChannel] = []
         self.closed = asyncio.Event()
+        self.reason = ""  # why the device stopped, once closed
         self._loop = asyncio.get_running_loop()
 
     @classmethod
@@ -172,6 +173,8 @@ class GuestLdc:
             ldc._watch(2 * channel.index, channel.on_rx_call)
             ldc._watch(2 * channel.index + 1, channel.on_tx_call)
         ldc._loop.add_reader(guest.frontend.sock.fileno(), ldc._on_control)
+        if guest.backend is not None:
+            ldc._loop.add_reader(guest.backend.fileno(), ldc._on_backend_request)
         return ldc
 
     def _watch(self, queue: int, handler) -> None:
@@ -198,6 +201,19 @@ class GuestLdc:
             log.warning("the LDC device's back-end closed the connection")
             self.close("back-end gone")
 
+    def _on_backend_request(self) -> None:
+        """A config interrupt: the one a device raises about itself is NEEDS_RESET (it found
+        our rings impossible and stopped every channel); a guest driver then gives up on it."""
+        try:
+            self.guest.serve_backend()
+            status = self.guest.status()
+        except OSError as exc:
+            self.close(f"back-end channel failed: {exc}")
+            return
+        if status & DeviceStatus.NEEDS_RESET:
+            log.error("the LDC device needs a reset (it found our rings impossible); its back-end logged why")
+            self.close("the device needs a reset")
+
     def channel(self, service: wire.Service, nth: int = 0) -> GuestChannel:
         matching = [c for c in self.channels if c.info.service == service]
         if nth >= len(matching):
@@ -208,7 +224,10 @@ class GuestLdc:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.reason = reason
         self._loop.remove_reader(self.guest.frontend.sock.fileno())
+        if self.guest.backend is not None:
+            self._loop.remove_reader(self.guest.backend.fileno())
         for fd in self.guest.call_fds.values():
             self._loop.remove_reader(fd)
         for channel in self.channels:

@@ -151,7 +151,7 @@ async def run(config: SimConfig) -> None:
         gone = asyncio.ensure_future(sim.ldc.closed.wait())
         await asyncio.wait([gone, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         if gone.done():
-            raise ConnectionError("the LDC device's back-end went away")
+            raise ConnectionError(f"the LDC device stopped: {sim.ldc.reason}")
         print(f"guest-sim {config.domain}: stopping", flush=True)
         for vnet, interface in zip(sim.vnets, sim.interfaces):
             counters = " ".join(f"{name}={value}" for name, value in vnet.device.counters.items())

@@ -314,7 +314,9 @@ class BackendProtocol(Outbox[Message, Event]):
             self._output.append(request.reply(VringState(index, vring.base).encode()))
 
     def mark_broken(self, reason: str) -> None:
-        """A queue found the driver's data impossible: stop the device until it is reset."""
+        """A queue found the driver's data impossible: stop the device until it is reset,
+        and tell the driver with a config interrupt (virtio 1.2, 2.1.2: a device that sets
+        NEEDS_RESET after DRIVER_OK must send one), when the front-end can take it."""
         if self.broken is None:
             self.broken = reason
             self.status |= DeviceStatus.NEEDS_RESET
@@ -322,6 +324,8 @@ class BackendProtocol(Outbox[Message, Event]):
             self._events.append(DeviceBroken(reason))
             for index in range(len(self.vrings)):
                 self._halt(index)
+            if self.status & DeviceStatus.DRIVER_OK or not self.protocol_features & ProtocolFeature.STATUS:
+                self.config_changed()  # (a front-end that never sends SET_STATUS: assume it is driving)
 
     def close(self) -> None:
         """Connection gone: stop everything and close every fd we hold."""

@@ -215,6 +215,28 @@ def test_a_front_end_that_vanishes_mid_transfer_loses_nothing_acknowledged(devic
             assert f.read(65536) == data
 
 
+def test_a_guest_whose_ring_breaks_the_device_is_told_and_stops(device) -> None:
+    """An impossible avail index breaks the device (every channel stops): the guest side hears
+    it as a config interrupt with NEEDS_RESET and closes, instead of waiting forever."""
+    sock, _ = device
+
+    async def main() -> None:
+        ldc, clients = await _clients(sock)
+        try:
+            await clients[0].write(0, b"\x66" * 512)
+            transmit = ldc.channels[1].tx
+            transmit.set_avail_idx(transmit.avail_idx + transmit.size + 1)  # more chains than the queue holds
+            ldc.guest.kick(transmit.index, force=True)
+            await asyncio.wait_for(ldc.closed.wait(), 10)
+            assert ldc.reason == "the device needs a reset"
+            with pytest.raises(OSError):
+                await asyncio.wait_for(clients[0].read(0, 512), 10)
+        finally:
+            ldc.close()
+
+    asyncio.run(main())
+
+
 def test_a_device_needs_a_pool_before_it_can_export(device) -> None:
     """Exports on the device side come out of the guest-lent pool; a pool outside memory resets the channel."""
     sock, _ = device

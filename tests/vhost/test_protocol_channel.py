@@ -11,7 +11,7 @@ import pytest
 
 from backend.vdisk.devid import DeviceId
 from backend.vdisk.engine import DiskEngine
-from backend.vhost.constants import ProtocolFeature
+from backend.vhost.constants import DeviceStatus, ProtocolFeature
 from backend.vhost.devices import blk
 from backend.vhost.frontend import VirtioGuest
 
@@ -50,6 +50,21 @@ def test_a_device_raises_a_config_interrupt_over_the_back_end_channel(disk) -> N
     assert select.select([guest.backend], [], [], 5)[0]
     guest.serve_backend()
     assert guest.config_changes == 1
+    guest.close()
+
+
+def test_a_broken_device_raises_a_config_interrupt_and_reports_needs_reset(disk) -> None:
+    sock, _, _ = disk
+    guest = VirtioGuest.connect(sock)
+    guest.negotiate(ALL)
+    queue = guest.start_queue(0, 16)
+    guest.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK)
+    queue.set_avail_idx(100)  # 100 chains in a queue of 16: impossible
+    guest.kick(0, force=True)
+    assert select.select([guest.backend], [], [], 5)[0], "no config interrupt"
+    guest.serve_backend()
+    assert guest.config_changes == 1
+    assert guest.status() & DeviceStatus.NEEDS_RESET
     guest.close()
 
 
