@@ -15,6 +15,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 
 from ..errors import GuestError
 from ..ldc.channel import Channel
@@ -204,9 +205,16 @@ class GuestLdc:
     def _on_backend_request(self) -> None:
         """A config interrupt: the one a device raises about itself is NEEDS_RESET (it found
         our rings impossible and stopped every channel); a guest driver then gives up on it."""
+        channel = self.guest.backend
         try:
+            if channel is None or not channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                if channel is not None:  # closed by the back-end: the main socket tells the rest
+                    self._loop.remove_reader(channel.fileno())
+                return
             self.guest.serve_backend()
             status = self.guest.status()
+        except BlockingIOError:
+            return
         except OSError as exc:
             self.close(f"back-end channel failed: {exc}")
             return
