@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,9 @@ from ..vio.messages import DdsInfo, DeviceMessage, DringReg
 from ..vio.session import Session
 from ..vio.xfer import Transfer, decode_xfer_mode, encode_xfer_mode
 from .batch import FrameBatch, PairGroups
+from .lso import gso_from_lso, lso_frames
+from .offload import OffloadError
+from .vnet_hdr import VirtioNetHdr
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +392,14 @@ class VnetDevice(Device):
             self.counters["tx_dropped"] += 1  # link down or ring full
         return bool(queued)
 
+    def send_offloaded(self, frame: bytes, hdr: VirtioNetHdr | None) -> bool:
+        """Queue a frame with its virtio_net_hdr: one LSO frame when LSO was negotiated and it
+        fits, else finished in software first (lso.lso_frames); True if any of it went."""
+        sent = False
+        for piece, mss in lso_frames(frame, hdr, self.tx_lso_max):
+            sent = self.send_frame(piece, mss) or sent
+        return sent
+
     def send_frames(self, frames: Sequence[bytes]) -> int:
         """Queue frames in order while our TX ring has room; returns how many were taken
         (queued, or refused for size or tag and counted as dropped). The caller keeps the
@@ -446,6 +457,24 @@ class VnetDevice(Device):
             self.counters["rx_lso"] += rx.lso
             self.on_frames(rx)
         session.complete_many(ring, list(indices))
+
+    def gso_frames(self, batch: FrameBatch) -> Iterator[tuple[bytes, VirtioNetHdr | None]]:
+        """A walk step's frames in order, each LSO frame as a GSO frame with its header; an
+        LSO frame that is not one large TCP/IPv4 frame is counted (rx_errors) and left out."""
+        for i in range(batch.count):
+            if batch.lengths[i] < 0:
+                continue
+            frame, mss = batch.frame(i), batch.mss[i]
+            if not mss:
+                yield frame, None
+                continue
+            try:
+                gso = gso_from_lso(frame, mss)
+            except OffloadError as exc:
+                self.counters["rx_errors"] += 1
+                log.debug("vnet: LSO frame refused: %s", exc)
+                continue
+            yield gso
 
     def _count_refused(self, rx: FrameBatch) -> None:
         ffi, lib = native()

@@ -26,7 +26,6 @@ from ..ldc.constants import Mode
 from ..vio.aio import VioEndpoint
 from ..vio.session import Session
 from .batch import FrameBatch, PairGroups
-from .lso import gso_from_lso, lso_frames
 from .offload import OffloadError, finish
 from .port import Offloads, PortConfig
 from .switch import Switch
@@ -72,14 +71,8 @@ class VnetPort:
             self.switch.receive_batch(self, batch, self.clock())
             return
         now = self.clock()  # frames one by one, in order: an LSO frame enters with its header
-        for i in range(batch.count):
-            if batch.lengths[i] < 0:
-                continue
-            frame = batch.frame(i)
+        for frame, hdr in self.device.gso_frames(batch):
             try:
-                hdr = None
-                if batch.mss[i]:
-                    frame, hdr = gso_from_lso(frame, batch.mss[i])
                 self.switch.receive(self, frame, now, hdr)
             except OffloadError as exc:
                 self.device.counters["rx_errors"] += 1
@@ -98,10 +91,7 @@ class VnetPort:
 
     def transmit(self, frame: bytes, hdr: VirtioNetHdr | None = None) -> None:
         """A frame from the switch for this vnet (with a header only when LSO was negotiated)."""
-        sent = False
-        for piece, mss in lso_frames(frame, hdr, self.device.tx_lso_max):
-            sent = self.device.send_frame(piece, mss) or sent
-        if sent:
+        if self.device.send_offloaded(frame, hdr):
             self.endpoint.pump_soon()
 
     def transmit_groups(self, batch: FrameBatch, groups: PairGroups, selected: bytearray) -> None:
@@ -183,9 +173,7 @@ class VnetClient:
         elif hdr is None:
             sent = self.device.send_frame(frame)
         else:
-            sent = False
-            for piece, mss in lso_frames(frame, hdr, self.device.tx_lso_max):
-                sent = self.device.send_frame(piece, mss) or sent
+            sent = self.device.send_offloaded(frame, hdr)
         if sent:
             self.endpoint.pump_soon()
         return sent
@@ -224,20 +212,11 @@ class VnetClient:
                 for frame in batch.frames():
                     on_frame(frame)
             return
-        for i in range(batch.count):
-            if batch.lengths[i] < 0:
-                continue
-            frame, mss = batch.frame(i), batch.mss[i]
-            try:
-                gso = gso_from_lso(frame, mss) if mss else None
-            except OffloadError as exc:
-                self.device.counters["rx_errors"] += 1
-                log.debug("vnet: LSO frame refused: %s", exc)
-                continue
+        for frame, hdr in self.device.gso_frames(batch):
             if on_frame is None:
-                self.frames.extend(finish(*gso) if gso else (frame,))
-            elif gso:
-                on_frame(*gso)
+                self.frames.extend(finish(frame, hdr) if hdr else (frame,))
+            elif hdr:
+                on_frame(frame, hdr)
             else:
                 on_frame(frame)
         self._arrived.set()
