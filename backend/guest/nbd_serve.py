@@ -112,6 +112,7 @@ class _Connection(asyncio.Protocol):
             self.server.check(request)
         except OSError:
             return False
+
         def done(code: int, view: memoryview | None) -> None:
             self._reads -= 1
             if view is None:

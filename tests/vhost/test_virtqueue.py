@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -71,20 +72,20 @@ def test_event_index_suppresses_and_requests_notifications(ram: GuestRam) -> Non
     release(ram, driver)
 
 
-def _seen_while_another_process_writes(write: object, read: object, values: tuple[int, int]) -> set[int]:
+def _seen_while_another_process_writes(write: Callable[[int], None], read: Callable[[], int], values: tuple[int, int]) -> set[int]:
     """What `read` returns while a child process flips a ring word between two values with `write`."""
-    write(values[0])  # type: ignore[operator]
+    write(values[0])
     child = os.fork()
     if child == 0:
         try:
             for n in range(400_000):
-                write(values[n & 1])  # type: ignore[operator]
+                write(values[n & 1])
         finally:
             os._exit(0)
     seen: set[int] = set()
     while os.waitpid(child, os.WNOHANG) == (0, 0):
         for _ in range(1000):
-            seen.add(read())  # type: ignore[operator]
+            seen.add(read())
     return seen
 
 
